@@ -1,0 +1,86 @@
+"""The shared ``.npz`` fixtures: one loader for every test, report and benchmark."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """Inputs (NCHW, float64), options and the reference's answers for one case.
+
+    ``options`` are the keyword arguments common to both backends' ``rmi_loss`` (never
+    ``use_double_precision``, ``channel_axis`` or ``reduction``, which the tests choose).
+    ``grad_fd`` is the central-difference gradient of the reference's mean value with respect
+    to ``pred``, present on small fixtures with no ties in max pooling. ``joint_condition`` is
+    the reference's condition number of the joint Gram matrix (the float32 gradients' enemy),
+    and ``degenerate`` marks predictions that are an exact function of the target, where that
+    matrix is singular but for ``eps``.
+    """
+
+    name: str
+    pred: np.ndarray
+    target: np.ndarray
+    options: dict[str, Any]
+    value: float
+    per_example: np.ndarray
+    joint_condition: float
+    degenerate: bool = False
+    grad_fd: np.ndarray | None = None
+    valid_mask: np.ndarray | None = field(default=None)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def save_fixture(fixture: Fixture, directory: Path = FIXTURE_DIR) -> Path:
+    arrays = {
+        "pred": fixture.pred,
+        "target": fixture.target,
+        "value": np.float64(fixture.value),
+        "per_example": fixture.per_example,
+        "options_json": np.array(json.dumps(fixture.options, sort_keys=True)),
+        "joint_condition": np.float64(fixture.joint_condition),
+        "degenerate": np.bool_(fixture.degenerate),
+    }
+    if fixture.grad_fd is not None:
+        arrays["grad_fd"] = fixture.grad_fd
+    if fixture.valid_mask is not None:
+        arrays["valid_mask"] = fixture.valid_mask
+    path = directory / f"{fixture.name}.npz"
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_fixture(path: Path) -> Fixture:
+    with np.load(path) as data:
+        return Fixture(
+            name=path.stem,
+            pred=data["pred"],
+            target=data["target"],
+            options=json.loads(str(data["options_json"])),
+            value=float(data["value"]),
+            per_example=data["per_example"],
+            joint_condition=float(data["joint_condition"]),
+            degenerate=bool(data["degenerate"]),
+            grad_fd=data["grad_fd"] if "grad_fd" in data else None,
+            valid_mask=data["valid_mask"] if "valid_mask" in data else None,
+        )
+
+
+def load_fixtures(pattern: str = "dense-*.npz") -> list[Fixture]:
+    """Every fixture matching ``pattern``, sorted by name; fails loudly if there are none."""
+    paths = sorted(FIXTURE_DIR.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(
+            f"no fixtures match {pattern!r} in {FIXTURE_DIR}; "
+            "run `python -m parity_tests.make_fixtures`"
+        )
+    return [load_fixture(path) for path in paths]

@@ -1,0 +1,256 @@
+"""Independent float64 NumPy reference of the RMI loss, written from ``SPEC.md`` alone.
+
+It shares no code with ``rmi_jax`` or ``rmi_torch`` and deliberately takes other routes where
+there is a choice (sliding-window views instead of padding-and-reshaping or ``unfold``, a linear
+solve and a Cholesky factor of the normal-equations matrices instead of a QR of the data), so a
+mistake in one is unlikely to be repeated in the other. Everything runs in float64, loop-free.
+
+All arrays are NCHW. Each public function returns the per-example losses, shape ``[N]``; the
+``"mean"`` value of the libraries is their mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+# SPEC §1.7: the offset inside the log of each Cholesky diagonal entry.
+CHOLESKY_LOG_OFFSET = 1e-8
+# SPEC §1.1: PyTorch's binary_cross_entropy clamps each log term at -100.
+BCE_LOG_CLAMP = -100.0
+# SPEC §2.4: added to the label-map probabilities.
+LABEL_PROBABILITY_OFFSET = 1e-6
+# SPEC §2.6: the fixed ridge of the label-map semantics.
+LABEL_EPSILON = 5e-4
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp of a non-positive number only, so no overflow for large |x|.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def bce_with_logits(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0) - x * y + np.log1p(np.exp(-np.abs(x)))
+
+
+def bce_with_probabilities(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        log_p = np.maximum(np.log(p), BCE_LOG_CLAMP)
+        log_not_p = np.maximum(np.log(1.0 - p), BCE_LOG_CLAMP)
+    return -(y * log_p + (1.0 - y) * log_not_p)
+
+
+def pooled_size(size: int, stride: int) -> int:
+    return (size + 2 * (stride // 2) - stride) // stride + 1
+
+
+def pool(maps: np.ndarray, stride: int, method: str) -> np.ndarray:
+    """Max or average pool of the last two axes, kernel = step = ``stride``, padding stride//2."""
+    pad = stride // 2
+    fill = -np.inf if method == "max" else 0.0
+    padded = np.pad(
+        maps, [(0, 0)] * (maps.ndim - 2) + [(pad, pad), (pad, pad)], constant_values=fill
+    )
+    windows = sliding_window_view(padded, (stride, stride), axis=(-2, -1))[
+        ..., ::stride, ::stride, :, :
+    ]
+    if method == "max":
+        return windows.max(axis=(-2, -1))
+    return windows.sum(axis=(-2, -1)) / stride**2  # padded zeros count (count_include_pad)
+
+
+def resize_nearest(maps: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """PyTorch ``interpolate(mode="nearest")``: source index ``floor(i * in / out)``."""
+    h, w = maps.shape[-2:]
+    rows = np.minimum(np.floor(np.arange(out_h) * (h / out_h)).astype(int), h - 1)
+    cols = np.minimum(np.floor(np.arange(out_w) * (w / out_w)).astype(int), w - 1)
+    return maps[..., rows[:, None], cols[None, :]]
+
+
+def _corner_aligned_interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """``[size_out, size_in]`` linear interpolation weights with corners aligned."""
+    if size_out == 1:
+        positions = np.zeros(1)
+    else:
+        positions = np.arange(size_out) * ((size_in - 1) / (size_out - 1))
+    lower = np.minimum(np.floor(positions).astype(int), size_in - 1)
+    upper = np.minimum(lower + 1, size_in - 1)
+    frac = positions - lower
+    weights = np.zeros((size_out, size_in))
+    np.add.at(weights, (np.arange(size_out), lower), 1.0 - frac)
+    np.add.at(weights, (np.arange(size_out), upper), frac)
+    return weights
+
+
+def resize_bilinear_corners(maps: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """PyTorch ``interpolate(mode="bilinear", align_corners=True)`` as two matrix products."""
+    h, w = maps.shape[-2:]
+    rows = _corner_aligned_interpolation_matrix(h, out_h)
+    cols = _corner_aligned_interpolation_matrix(w, out_w)
+    return np.einsum("ih,...hw,jw->...ij", rows, maps, cols)
+
+
+def regions(maps: np.ndarray, radius: int, step: int) -> np.ndarray:
+    """``[..., H, W]`` -> ``[..., d, L]``: every full ``R x R`` window, row-major within it."""
+    windows = sliding_window_view(maps, (radius, radius), axis=(-2, -1))[..., ::step, ::step, :, :]
+    *lead, rows, cols, _, _ = windows.shape
+    flat = windows.reshape(*lead, rows * cols, radius * radius)
+    return np.swapaxes(flat, -1, -2)
+
+
+def lower_bound(
+    p_regions: np.ndarray,
+    y_regions: np.ndarray,
+    epsilon: float,
+    use_log_trace: bool,
+    window_weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """SPEC §1.5-1.7: ``0.5 * logdet(M + eps I) / d`` per leading index, from ``[..., d, L]``.
+
+    ``window_weights`` (``[..., L]``, 0 or 1) drops windows from the centring and the
+    covariances; ``None`` keeps them all.
+    """
+    if window_weights is None:
+        window_weights = np.ones(p_regions.shape[:-2] + p_regions.shape[-1:])
+    weights = window_weights[..., None, :]
+    count = weights.sum(axis=-1, keepdims=True)
+    p = (p_regions - (p_regions * weights).sum(-1, keepdims=True) / count) * weights
+    y = (y_regions - (y_regions * weights).sum(-1, keepdims=True) / count) * weights
+    d = p.shape[-2]
+    eye = np.eye(d)
+    s_yy = y @ np.swapaxes(y, -1, -2)
+    s_pp = p @ np.swapaxes(p, -1, -2)
+    s_yp = y @ np.swapaxes(p, -1, -2)
+    # (Spp + eps I)^-1 Syp^T by a solve, not an explicit inverse.
+    m = s_yy - s_yp @ np.linalg.solve(s_pp + epsilon * eye, np.swapaxes(s_yp, -1, -2))
+    m = 0.5 * (m + np.swapaxes(m, -1, -2)) + epsilon * eye
+    if use_log_trace:
+        chol = np.linalg.cholesky(m)
+        diag = np.diagonal(chol, axis1=-2, axis2=-1)
+        log_det = 2.0 * np.log(diag + CHOLESKY_LOG_OFFSET).sum(-1)
+    else:
+        sign, log_det = np.linalg.slogdet(m)
+        assert np.all(sign > 0), "M + eps I must be positive definite"
+    return 0.5 * log_det / d
+
+
+def dense_regions(
+    pred: np.ndarray,
+    target: np.ndarray,
+    *,
+    with_logits: bool,
+    radius: int,
+    downsampling_method: str,
+    stride: int,
+    valid_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """SPEC §1.2-1.4: region vectors ``[N, C, d, L]`` of probabilities and target, and the
+    ``[N, C, L]`` 0/1 weights of the windows that touch no masked pixel (``None`` unmasked)."""
+    probs = sigmoid(pred) if with_logits else pred
+    step = 1
+    cell_valid = None if valid_mask is None else valid_mask[:, None].astype(np.float64)
+    if stride > 1 and downsampling_method in ("max", "avg"):
+        probs = pool(probs, stride, downsampling_method)
+        target = pool(target, stride, downsampling_method)
+        if cell_valid is not None:
+            # A pooled cell is valid when no pixel under it is masked; padding is not a pixel.
+            invalid = pool(1.0 - cell_valid, stride, "max")
+            cell_valid = 1.0 - np.maximum(invalid, 0.0)
+    elif stride > 1:
+        step = stride
+
+    p_regions = regions(probs, radius, step)
+    y_regions = regions(target, radius, step)
+    window_weights = None
+    if cell_valid is not None:
+        window_weights = (regions(cell_valid, radius, step).min(axis=-2) > 0.5).astype(np.float64)
+        window_weights = np.broadcast_to(
+            window_weights, p_regions.shape[:2] + window_weights.shape[-1:]
+        )
+    return p_regions, y_regions, window_weights
+
+
+def joint_condition_number(pred: np.ndarray, target: np.ndarray, **options) -> float:
+    """Largest 2-norm condition number over ``(n, c)`` of ``J = Z Z^T + eps I`` (SPEC identity).
+
+    The float32 statistics lose about ``u * cond(J)`` relative accuracy in the gradient (and far
+    less in the value, which is a log), so the parity tests scale their float32 bound with it.
+    """
+    epsilon = options.pop("epsilon", 5e-4)
+    for unused in ("bce_weight", "use_log_trace"):
+        options.pop(unused, None)
+    p, y, _ = dense_regions(
+        np.asarray(pred, np.float64),
+        np.asarray(target, np.float64),
+        **{"radius": 3, "downsampling_method": "max", "stride": 3, **options},
+    )
+    z = np.concatenate([p, y], axis=-2)
+    z = z - z.mean(axis=-1, keepdims=True)
+    joint = z @ np.swapaxes(z, -1, -2) + epsilon * np.eye(z.shape[-2])
+    return float(np.linalg.cond(joint).max())
+
+
+def dense_rmi_per_example(
+    pred: np.ndarray,
+    target: np.ndarray,
+    *,
+    with_logits: bool,
+    radius: int = 3,
+    bce_weight: float = 0.5,
+    downsampling_method: str = "max",
+    stride: int = 3,
+    use_log_trace: bool = True,
+    epsilon: float = 5e-4,
+    valid_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """SPEC §1 (the ``rmi-pytorch`` semantics) per example, ``[N]``.
+
+    ``valid_mask`` (``[N, H, W]`` booleans, the project's extension): masked pixels leave the
+    BCE mean, and every region window that touches one (after downsampling, where a pooled cell
+    is valid only if all the pixels it covers are) leaves the statistics.
+    """
+    pred = np.asarray(pred, np.float64)
+    target = np.asarray(target, np.float64)
+    n, c, h, w = pred.shape
+
+    bce = bce_with_logits(pred, target) if with_logits else bce_with_probabilities(pred, target)
+    if valid_mask is None:
+        bce_term = bce.reshape(n, -1).mean(axis=1)
+    else:
+        mask = np.broadcast_to(valid_mask[:, None], bce.shape).astype(np.float64)
+        bce_term = (bce * mask).reshape(n, -1).sum(1) / mask.reshape(n, -1).sum(1)
+
+    p_regions, y_regions, window_weights = dense_regions(
+        pred,
+        target,
+        with_logits=with_logits,
+        radius=radius,
+        downsampling_method=downsampling_method,
+        stride=stride,
+        valid_mask=valid_mask,
+    )
+    bounds = lower_bound(p_regions, y_regions, epsilon, use_log_trace, window_weights)
+    rmi_term = bounds.sum(axis=1)
+    return (1.0 - bce_weight) * rmi_term + bce_weight * bce_term
+
+
+def dense_rmi_loss(pred: np.ndarray, target: np.ndarray, **options) -> float:
+    """SPEC §1 ``"mean"`` value: the mean of :func:`dense_rmi_per_example`."""
+    return float(dense_rmi_per_example(pred, target, **options).mean())
+
+
+def central_differences(function, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    """Gradient of a scalar ``function`` at ``x`` by central differences, one element at a time."""
+    x = np.array(x, dtype=np.float64)
+    grad = np.empty_like(x)
+    flat_x, flat_grad = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat_x.size):
+        original = flat_x[i]
+        flat_x[i] = original + step
+        upper = function(x)
+        flat_x[i] = original - step
+        lower = function(x)
+        flat_x[i] = original
+        flat_grad[i] = (upper - lower) / (2.0 * step)
+    return grad

@@ -1,0 +1,98 @@
+"""JAX's default float32 route vs the NumPy reference, plus layout, jit and vmap invariances.
+
+Runs with x64 off, as JAX users do by default; the float64 checks live in ``x64/``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from parity_tests.backends import jax_value_and_grad
+from parity_tests.fixtures import Fixture, load_fixtures
+from parity_tests.tolerances import (
+    F32_SAME_MATH_ATOL,
+    F32_SAME_MATH_RTOL,
+    F32_VALUE_ATOL,
+    F32_VALUE_RTOL,
+    f32_grad_rtol,
+    relative_error,
+)
+from rmi_jax import rmi_loss
+
+FIXTURES = load_fixtures()
+WITH_FD = [f for f in FIXTURES if f.grad_fd is not None]
+
+
+def ids(fixtures: list[Fixture]) -> list[str]:
+    return [f.name for f in fixtures]
+
+
+def nchw_loss(fixture: Fixture, **overrides):
+    options = {**fixture.options, "channel_axis": 1, **overrides}
+    return lambda pred, target: rmi_loss(pred, target, **options)
+
+
+def assert_same_math(actual, expected) -> None:
+    np.testing.assert_allclose(
+        np.asarray(actual), np.asarray(expected), rtol=F32_SAME_MATH_RTOL, atol=F32_SAME_MATH_ATOL
+    )
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+def test_float32_value_matches_reference(fixture: Fixture) -> None:
+    value, grad = jax_value_and_grad(fixture, double=False)
+    assert value.dtype == np.float32
+    np.testing.assert_allclose(value, fixture.value, rtol=F32_VALUE_RTOL, atol=F32_VALUE_ATOL)
+    assert np.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("fixture", WITH_FD, ids=ids(WITH_FD))
+def test_float32_gradient_matches_finite_differences(fixture: Fixture) -> None:
+    _, grad = jax_value_and_grad(fixture, double=False)
+    assert relative_error(grad, fixture.grad_fd) < f32_grad_rtol(fixture)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+def test_nhwc_equals_nchw(fixture: Fixture) -> None:
+    pred, target = jnp.asarray(fixture.pred), jnp.asarray(fixture.target)
+    nchw = nchw_loss(fixture)(pred, target)
+    nhwc = rmi_loss(
+        jnp.moveaxis(pred, 1, -1), jnp.moveaxis(target, 1, -1), **fixture.options, channel_axis=-1
+    )
+    assert_same_math(nhwc, nchw)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+def test_jit_equals_eager(fixture: Fixture) -> None:
+    pred, target = jnp.asarray(fixture.pred), jnp.asarray(fixture.target)
+    loss = nchw_loss(fixture)
+    eager = jax.value_and_grad(loss)(pred, target)
+    jitted = jax.jit(jax.value_and_grad(loss))(pred, target)
+    assert_same_math(jitted[0], eager[0])
+    assert relative_error(jitted[1], eager[1]) < F32_SAME_MATH_RTOL
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+def test_vmap_over_leading_axis_equals_loop(fixture: Fixture) -> None:
+    # A second, different prediction so the two mapped slices really differ.
+    preds = jnp.stack([jnp.asarray(fixture.pred), 0.5 * jnp.asarray(fixture.pred)])
+    target = jnp.asarray(fixture.target)
+    loss = nchw_loss(fixture)
+    mapped = jax.vmap(loss, in_axes=(0, None))(preds, target)
+    looped = jnp.stack([loss(p, target) for p in preds])
+    assert_same_math(mapped, looped)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+def test_reduction_none_matches_per_example_calls(fixture: Fixture) -> None:
+    pred, target = jnp.asarray(fixture.pred), jnp.asarray(fixture.target)
+    per_example = nchw_loss(fixture, reduction="none")(pred, target)
+    singles = [nchw_loss(fixture)(pred[n : n + 1], target[n : n + 1]) for n in range(len(pred))]
+    assert per_example.shape == (len(pred),)
+    assert_same_math(per_example, jnp.stack(singles))
+    assert_same_math(per_example.mean(), nchw_loss(fixture)(pred, target))
+    assert_same_math(per_example.sum(), nchw_loss(fixture, reduction="sum")(pred, target))
+    np.testing.assert_allclose(
+        per_example, fixture.per_example, rtol=F32_VALUE_RTOL, atol=F32_VALUE_ATOL
+    )

@@ -1,0 +1,42 @@
+"""The binary cross-entropy term, averaged per example."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# PyTorch clamps each log term of binary_cross_entropy at -100 (so p = 0 or 1 stays finite).
+_LOG_CLAMP = -100.0
+# PyTorch's binary_cross_entropy backward divides by max(p (1 - p), 1e-12).
+_GRAD_DENOMINATOR_FLOOR = 1e-12
+
+
+def _clamped_log(x: jnp.ndarray) -> jnp.ndarray:
+    safe = jnp.where(x > 0, x, 1.0)
+    return jnp.where(x > 0, jnp.maximum(jnp.log(safe), _LOG_CLAMP), _LOG_CLAMP)
+
+
+@jax.custom_jvp
+def _bce_probabilities(p: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    return -(y * _clamped_log(p) + (1.0 - y) * _clamped_log(1.0 - p))
+
+
+@_bce_probabilities.defjvp
+def _bce_probabilities_jvp(primals, tangents):
+    # PyTorch's derivative, so gradients agree across backends even where p (1 - p) underflows.
+    p, y = primals
+    dp, dy = tangents
+    log_p, log_q = _clamped_log(p), _clamped_log(1.0 - p)
+    value = -(y * log_p + (1.0 - y) * log_q)
+    d_p = (p - y) / jnp.maximum(p * (1.0 - p), _GRAD_DENOMINATOR_FLOOR)
+    return value, d_p * dp + (log_q - log_p) * dy
+
+
+def _bce_logits(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    return jnp.maximum(x, 0.0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def bce_per_example(pred: jnp.ndarray, target: jnp.ndarray, with_logits: bool) -> jnp.ndarray:
+    """Mean elementwise BCE over all but the leading (batch) axis: ``[N, ...] -> [N]``."""
+    elementwise = (_bce_logits if with_logits else _bce_probabilities)(pred, target)
+    return elementwise.reshape(elementwise.shape[0], -1).mean(axis=-1)

@@ -1,0 +1,323 @@
+"""Public PyTorch API: functional ``rmi_loss``, the ``RMILoss`` module, and their validation."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Literal
+
+import torch
+from torch import nn
+
+from rmi_torch._bce import bce_per_example
+from rmi_torch._statistics import centre, conditional_log_det
+from rmi_torch._windows import (
+    DOWNSAMPLING_METHODS,
+    downsample,
+    map_size_after_downsampling,
+    minimum_input_size,
+    region_vectors,
+    window_step,
+)
+
+REDUCTIONS = ("mean", "sum", "none")
+Reduction = Literal["mean", "sum", "none"]
+DownsamplingMethod = Literal["max", "avg", "region-extraction"]
+
+# The reference adds this inside the log of each Cholesky diagonal entry ("log trace" route).
+CHOLESKY_LOG_OFFSET = 1e-8
+
+
+def rmi_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    with_logits: bool,
+    radius: int = 3,
+    bce_weight: float = 0.5,
+    downsampling_method: DownsamplingMethod = "max",
+    stride: int = 3,
+    use_log_trace: bool = True,
+    use_double_precision: bool = True,
+    epsilon: float = 5e-4,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    r"""Region Mutual Information loss (Zhao et al., 2019) with a weighted BCE term.
+
+    For each example :math:`n` and class :math:`c`, with :math:`P`, :math:`Y` the
+    :math:`d \times L` centred :math:`R \times R` region vectors (:math:`d = R^2`) of the
+    downsampled probabilities and target,
+    :math:`M = Y Y^\top - Y P^\top (P P^\top + \epsilon I)^{-1} P Y^\top` and
+    :math:`\ell_{nc} = \log\det(M + \epsilon I) / (2d)`. The per-example loss is
+    :math:`(1 - w) \sum_c \ell_{nc} + w \cdot \mathrm{mean}(\mathrm{BCE})`, as in the
+    ``rmi-pytorch`` package's ``RMILoss``; it can be negative.
+
+    The log-determinant comes from a QR factorisation of the centred data with
+    :math:`\sqrt{\epsilon} I` rows appended (never from squared data), so the float32 route is
+    accurate and cannot fail; its backward pass is closed-form.
+
+    Args:
+      input: logits (``with_logits=True``) or probabilities, ``[N, C, H, W]``, floating dtype.
+      target: same shape; binary or soft per-class targets in ``[0, 1]``.
+      with_logits: apply a sigmoid to ``input`` (and use BCE with logits).
+      radius: side ``R`` of the square regions.
+      bce_weight: weight ``w`` in ``[0, 1]`` of the BCE term; ``1 - w`` weights the RMI term.
+      downsampling_method: ``"max"`` or ``"avg"`` pooling (kernel = stride, padding
+        ``stride // 2``), or ``"region-extraction"`` (regions every ``stride`` pixels).
+      stride: downsampling factor; 1 disables downsampling.
+      use_log_trace: log-determinant as ``2 sum(log(diag(chol) + 1e-8))`` (the reference's
+        default); ``False`` gives the plain log-determinant.
+      use_double_precision: compute the statistics in float64 (float64 inputs always are).
+      epsilon: the ridge added to both covariance matrices.
+      reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"``.
+
+    Returns:
+      A scalar for ``"mean"``/``"sum"``, ``[N]`` for ``"none"``; float64 when the statistics
+      run in float64, else float32.
+
+    Example:
+      >>> import torch
+      >>> from rmi_torch import rmi_loss
+      >>> logits = torch.randn(2, 3, 32, 32, requires_grad=True)
+      >>> target = torch.randint(0, 2, (2, 3, 32, 32)).float()
+      >>> rmi_loss(logits, target, with_logits=True).backward()
+
+    References:
+      Zhao, Cai, Xu, Yang, He. "Region Mutual Information Loss for Semantic Segmentation",
+      NeurIPS 2019. https://arxiv.org/abs/1910.12037
+    """
+    _validate_options(
+        with_logits=with_logits,
+        radius=radius,
+        bce_weight=bce_weight,
+        downsampling_method=downsampling_method,
+        stride=stride,
+        use_log_trace=use_log_trace,
+        use_double_precision=use_double_precision,
+        epsilon=epsilon,
+        reduction=reduction,
+    )
+    _validate_tensors(input, target, radius=radius, method=downsampling_method, stride=stride)
+    # Elementwise work (BCE, sigmoid, pooling) in the input precision but at least float32, as the
+    # reference does; statistics in float32 unless float64 was asked for or given.
+    work_dtype = torch.promote_types(input.dtype, torch.float32)
+    stats_dtype = torch.float64 if use_double_precision else work_dtype
+    input, target = input.to(work_dtype), target.to(work_dtype)
+
+    per_example = torch.zeros(input.shape[0], dtype=stats_dtype, device=input.device)
+    if bce_weight != 0:
+        per_example = per_example + bce_weight * bce_per_example(input, target, with_logits)
+    if bce_weight != 1:
+        probabilities = torch.sigmoid(input) if with_logits else input
+        lower_bound = _rmi_lower_bound(
+            probabilities,
+            target,
+            radius=radius,
+            downsampling_method=downsampling_method,
+            stride=stride,
+            offset=CHOLESKY_LOG_OFFSET if use_log_trace else 0.0,
+            epsilon=epsilon,
+            dtype=stats_dtype,
+        )
+        per_example = per_example + (1.0 - bce_weight) * lower_bound.sum(dim=1)
+    return _reduce(per_example, reduction)
+
+
+class RMILoss(nn.Module):
+    """Region Mutual Information loss as a module: a drop-in for ``rmi.RMILoss``.
+
+    Same constructor (positional order, names, defaults) as the ``rmi-pytorch`` package, plus
+    ``reduction``. ``forward(input, target)`` takes NCHW tensors; see :func:`rmi_loss`.
+
+    Example:
+      >>> import torch
+      >>> from rmi_torch import RMILoss
+      >>> loss = RMILoss(with_logits=True)
+      >>> pred = torch.randn(5, 4, 64, 64, requires_grad=True)
+      >>> target = torch.empty(5, 4, 64, 64).random_(2)
+      >>> loss(pred, target).backward()
+    """
+
+    def __init__(
+        self,
+        with_logits: bool,
+        radius: int = 3,
+        bce_weight: float = 0.5,
+        downsampling_method: DownsamplingMethod = "max",
+        stride: int = 3,
+        use_log_trace: bool = True,
+        use_double_precision: bool = True,
+        epsilon: float = 0.0005,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__()
+        _validate_options(
+            with_logits=with_logits,
+            radius=radius,
+            bce_weight=bce_weight,
+            downsampling_method=downsampling_method,
+            stride=stride,
+            use_log_trace=use_log_trace,
+            use_double_precision=use_double_precision,
+            epsilon=epsilon,
+            reduction=reduction,
+        )
+        self.with_logits = with_logits
+        self.radius = radius
+        self.bce_weight = bce_weight
+        self.downsampling_method = downsampling_method
+        self.stride = stride
+        self.use_log_trace = use_log_trace
+        self.use_double_precision = use_double_precision
+        self.epsilon = epsilon
+        self.reduction = reduction
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return rmi_loss(
+            input,
+            target,
+            with_logits=self.with_logits,
+            radius=self.radius,
+            bce_weight=self.bce_weight,
+            downsampling_method=self.downsampling_method,
+            stride=self.stride,
+            use_log_trace=self.use_log_trace,
+            use_double_precision=self.use_double_precision,
+            epsilon=self.epsilon,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"with_logits={self.with_logits}, radius={self.radius}, "
+            f"bce_weight={self.bce_weight}, downsampling_method={self.downsampling_method!r}, "
+            f"stride={self.stride}, use_log_trace={self.use_log_trace}, "
+            f"use_double_precision={self.use_double_precision}, epsilon={self.epsilon}, "
+            f"reduction={self.reduction!r}"
+        )
+
+
+def _rmi_lower_bound(
+    probabilities: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    radius: int,
+    downsampling_method: str,
+    stride: int,
+    offset: float,
+    epsilon: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``0.5 logdet(M + eps I) / d`` per example and class, ``[N, C, H, W] -> [N, C]``."""
+    step = window_step(downsampling_method, stride)
+    vectors = [
+        region_vectors(downsample(x, downsampling_method, stride), radius, step).to(dtype)
+        for x in (probabilities, target)
+    ]
+    joint = centre(torch.cat(vectors, dim=-2))
+    # 0.5 * logdet = sum(log(diag(chol))), so the 0.5 and the 2 of the reference cancel.
+    return conditional_log_det(joint, epsilon, offset) / (radius * radius)
+
+
+def _reduce(per_example: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return per_example.mean()
+    if reduction == "sum":
+        return per_example.sum()
+    if reduction == "none":
+        return per_example
+    raise ValueError(f"Unsupported reduction: {reduction}")
+
+
+def _require_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
+
+
+def _require_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _require_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a Python number, got {value!r} of type {type(value).__name__}"
+        )
+    return float(value)
+
+
+def _validate_options(
+    *,
+    with_logits: object,
+    radius: object,
+    bce_weight: object,
+    downsampling_method: object,
+    stride: object,
+    use_log_trace: object,
+    use_double_precision: object,
+    epsilon: object,
+    reduction: object,
+) -> None:
+    """Check the Python-valued options (also run by ``RMILoss.__init__``)."""
+    _require_bool("with_logits", with_logits)
+    _require_bool("use_log_trace", use_log_trace)
+    _require_bool("use_double_precision", use_double_precision)
+    _require_int("radius", radius, 1)
+    _require_int("stride", stride, 1)
+    if downsampling_method not in DOWNSAMPLING_METHODS:
+        raise ValueError(
+            f"downsampling_method must be one of {DOWNSAMPLING_METHODS}, "
+            f"got {downsampling_method!r}"
+        )
+    weight = _require_real("bce_weight", bce_weight)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"bce_weight must be in [0, 1], got {bce_weight}")
+    eps = _require_real("epsilon", epsilon)
+    if not 0.0 < eps < float("inf"):
+        raise ValueError(f"epsilon must be a positive finite number, got {epsilon}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"Unsupported reduction: {reduction!r}; expected one of {REDUCTIONS}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """``"float32"`` rather than ``"torch.float32"``: the messages read as in the JAX backend."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _validate_tensors(
+    input: object, target: object, *, radius: int, method: str, stride: int
+) -> None:
+    """Check ranks, shapes, dtypes and that a region fits after downsampling."""
+    for name, value in (("input", input), ("target", target)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"input must have rank 4 ([N, C, H, W]), got shape {tuple(input.shape)}")
+    if target.shape != input.shape:
+        raise ValueError(
+            f"target must have the shape of input {tuple(input.shape)}, "
+            f"got shape {tuple(target.shape)}"
+        )
+    if not input.is_floating_point():
+        raise TypeError(f"input must have a floating dtype, got {_dtype_name(input.dtype)}")
+    if target.is_complex():
+        raise TypeError(
+            f"target must have a floating, integer or bool dtype, got {_dtype_name(target.dtype)}"
+        )
+    if input.shape[0] == 0 or input.shape[1] == 0:
+        raise ValueError(
+            f"input must have at least one example and one class, got shape {tuple(input.shape)}"
+        )
+    height, width = input.shape[2:]
+    map_h = map_size_after_downsampling(height, method, stride)
+    map_w = map_size_after_downsampling(width, method, stride)
+    if min(map_h, map_w) < radius:
+        minimum = minimum_input_size(radius, method, stride)
+        raise ValueError(
+            f"input's spatial size {height}x{width} becomes {map_h}x{map_w} after "
+            f"downsampling_method={method!r} with stride={stride}, smaller than "
+            f"radius={radius}: no region fits; spatial size must be at least "
+            f"{minimum}x{minimum} for these options"
+        )
