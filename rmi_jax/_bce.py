@@ -32,8 +32,23 @@ def _bce_probabilities_jvp(primals, tangents):
     return value, d_p * dp + (log_q - log_p) * dy
 
 
+@jax.custom_vjp
 def _bce_logits(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
     return jnp.maximum(x, 0.0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def _bce_logits_fwd(x, y):
+    # Keep only the inputs: autodiff would keep a full-size exp(-|x|) from the forward pass,
+    # while the backward can recompute what it needs in the same fused pass.
+    return _bce_logits(x, y), (x, y)
+
+
+def _bce_logits_bwd(residuals, cotangent):
+    x, y = residuals
+    return cotangent * (jax.nn.sigmoid(x) - y), cotangent * -x
+
+
+_bce_logits.defvjp(_bce_logits_fwd, _bce_logits_bwd)
 
 
 def bce_per_example(pred: jnp.ndarray, target: jnp.ndarray, with_logits: bool) -> jnp.ndarray:

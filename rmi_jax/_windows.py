@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -32,46 +35,132 @@ def minimum_input_size(radius: int, method: str, stride: int) -> int:
     return radius * stride - 2 * (stride // 2)
 
 
-def _pooling_windows(x: jnp.ndarray, stride: int, pad_value: float) -> jnp.ndarray:
-    """Pad like PyTorch's pooling and regroup into ``[..., Ho, Wo, stride * stride]`` windows.
+def _view_range(offset: int, stride: int, count: int, size: int) -> tuple[int, int]:
+    """First and last ``r < count`` with ``0 <= offset + stride * r < size``."""
+    first = -(offset // stride) if offset < 0 else 0
+    last = min(count - 1, (size - 1 - offset) // stride)
+    return first, last
 
-    The window's last axis is row-major (kernel row, then column), the order in which PyTorch's
-    max pooling scans a window, so "first maximum" means the same thing in both backends.
+
+Axes = tuple[int, int]
+
+
+def _padded_windows(x: jnp.ndarray, stride: int, pad_value: float, axes: Axes) -> list[jnp.ndarray]:
+    """The ``stride * stride`` strided views of the pooling windows of ``x`` over ``axes``.
+
+    View ``i * stride + j`` holds each window's element at kernel row ``i``, column ``j``: the
+    row-major order in which PyTorch's max pooling scans a window, so "first maximum" agrees.
+    Padding positions hold ``pad_value``; only the small views are padded, never ``x`` itself.
     """
     pad = stride // 2
-    height, width = x.shape[-2:]
-    out_h, out_w = pooled_size(height, stride), pooled_size(width, stride)
-    # Pad on the right just enough to cover the last window, then drop what no window reaches.
-    pad_h = max(out_h * stride - height - pad, 0)
-    pad_w = max(out_w * stride - width - pad, 0)
-    widths = [(0, 0)] * (x.ndim - 2) + [(pad, pad_h), (pad, pad_w)]
-    x = jnp.pad(x, widths, constant_values=pad_value)[..., : out_h * stride, : out_w * stride]
-    x = x.reshape(*x.shape[:-2], out_h, stride, out_w, stride)
-    x = jnp.swapaxes(x, -3, -2)
-    return x.reshape(*x.shape[:-4], out_h, out_w, stride * stride)
+    views = []
+    for i in range(stride):
+        for j in range(stride):
+            starts, stops, steps = [0] * x.ndim, list(x.shape), [1] * x.ndim
+            widths, out_shape = [(0, 0)] * x.ndim, list(x.shape)
+            for axis, offset in zip(axes, (i - pad, j - pad), strict=True):
+                count = pooled_size(x.shape[axis], stride)
+                first, last = _view_range(offset, stride, count, x.shape[axis])
+                starts[axis], stops[axis] = offset + stride * first, offset + stride * last + 1
+                steps[axis], widths[axis], out_shape[axis] = (
+                    stride,
+                    (first, count - 1 - last),
+                    count,
+                )
+            if any(start >= stop for start, stop in zip(starts, stops, strict=True)):
+                # A kernel position that falls on padding in every window (tiny inputs).
+                views.append(jnp.full(out_shape, pad_value, x.dtype))
+                continue
+            view = jax.lax.slice(x, starts, stops, steps)
+            views.append(jnp.pad(view, widths, constant_values=pad_value))
+    return views
 
 
-def _max_pool(x: jnp.ndarray, stride: int) -> jnp.ndarray:
-    windows = _pooling_windows(x, stride, -jnp.inf)
-    # Select the first maximum with a one-hot mask rather than reducing with max: the gradient
-    # then flows to one element per window, as in PyTorch, instead of being split between ties;
-    # and unlike a gather, its transpose is elementwise (a scatter is slow on CPU).
-    first_max = jax.nn.one_hot(jnp.argmax(windows, axis=-1), windows.shape[-1], dtype=bool)
-    return jnp.where(first_max, windows, 0.0).sum(axis=-1)
+def _spread_to_input(pooled: jnp.ndarray, stride: int, shape: tuple[int, ...], axes: Axes):
+    """Each pooled cell's value on every input pixel of its window (zero where none covers).
+
+    Broadcasts, reshapes and a crop only, so XLA fuses it into the elementwise code around it.
+    """
+    pad = stride // 2
+    full = pooled
+    for axis in axes:
+        size = full.shape[axis]
+        full = jnp.expand_dims(full, axis + 1)
+        repeated = (*full.shape[: axis + 1], stride, *full.shape[axis + 2 :])
+        full = jnp.broadcast_to(full, repeated).reshape(
+            *full.shape[:axis], size * stride, *full.shape[axis + 2 :]
+        )
+        full = jax.lax.slice_in_dim(full, pad, min(pad + shape[axis], size * stride), axis=axis)
+        widths = [(0, 0)] * full.ndim
+        widths[axis] = (0, shape[axis] - full.shape[axis])
+        full = jnp.pad(full, widths)
+    return full
 
 
-def _avg_pool(x: jnp.ndarray, stride: int) -> jnp.ndarray:
+def _position_in_window(shape: tuple[int, ...], stride: int, axes: Axes) -> jnp.ndarray:
+    """For every input pixel, its row-major index inside its pooling window (broadcastable)."""
+    pad = stride // 2
+    rows, cols = (
+        jax.lax.broadcasted_iota(
+            jnp.int32, [shape[a] if a == axis else 1 for a in range(len(shape))], axis
+        )
+        for axis in axes
+    )
+    return ((rows + pad) % stride) * stride + (cols + pad) % stride
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x: jnp.ndarray, stride: int, axes: Axes) -> jnp.ndarray:
+    return _max_pool_fwd(x, stride, axes)[0]
+
+
+def _max_pool_fwd(x, stride, axes):
+    views = _padded_windows(x, stride, -jnp.inf, axes)
+    pooled = functools.reduce(jnp.maximum, views)
+    # Index of the first view holding the maximum, scanning backwards so the first one wins.
+    first = jnp.zeros(pooled.shape, jnp.int8)
+    for index in reversed(range(len(views))):
+        first = jnp.where(views[index] == pooled, jnp.int8(index), first)
+    return pooled, (first, x.shape)
+
+
+def _max_pool_bwd(stride, axes, residuals, cotangent):
+    # The gradient goes to the first maximum of each window only, as in PyTorch. Pixels that no
+    # window covers get -1, which matches no position.
+    first, shape = residuals
+    owner = _spread_to_input(first.astype(jnp.int32) + 1, stride, shape, axes) - 1
+    winner = owner == _position_in_window(shape, stride, axes)
+    return (jnp.where(winner, _spread_to_input(cotangent, stride, shape, axes), 0.0),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _avg_pool(x: jnp.ndarray, stride: int, axes: Axes) -> jnp.ndarray:
     # Padded zeros count in the average (PyTorch's count_include_pad=True).
-    return _pooling_windows(x, stride, 0.0).mean(axis=-1)
+    return functools.reduce(jnp.add, _padded_windows(x, stride, 0.0, axes)) / (stride * stride)
 
 
-def downsample(x: jnp.ndarray, method: str, stride: int) -> jnp.ndarray:
-    """Pool ``x`` over its last two axes as the reference does before extracting regions."""
+def _avg_pool_fwd(x, stride, axes):
+    return _avg_pool(x, stride, axes), x.shape
+
+
+def _avg_pool_bwd(stride, axes, shape, cotangent):
+    return (_spread_to_input(cotangent, stride, shape, axes) / (stride * stride),)
+
+
+_avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+
+
+def downsample(x: jnp.ndarray, method: str, stride: int, axes: Axes | None = None) -> jnp.ndarray:
+    """Pool ``x`` over its spatial ``axes`` (default: the last two) as the reference does."""
     if stride == 1 or method == "region-extraction":
         return x
+    axes = (x.ndim - 2, x.ndim - 1) if axes is None else tuple(a % x.ndim for a in axes)
     if method == "max":
-        return _max_pool(x, stride)
-    return _avg_pool(x, stride)
+        return _max_pool(x, stride, axes)
+    return _avg_pool(x, stride, axes)
 
 
 def region_vectors(x: jnp.ndarray, radius: int, step: int) -> jnp.ndarray:

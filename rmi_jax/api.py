@@ -10,13 +10,12 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from rmi_jax._bce import bce_per_example
-from rmi_jax._statistics import centre, conditional_log_det
+from rmi_jax._statistics import region_log_det
 from rmi_jax._windows import (
     DOWNSAMPLING_METHODS,
     downsample,
     map_size_after_downsampling,
     minimum_input_size,
-    region_vectors,
     window_step,
 )
 
@@ -122,20 +121,29 @@ def rmi_loss(
     # reference does; statistics in float32 unless float64 was asked for or given.
     work_dtype = jnp.promote_types(pred.dtype, jnp.float32)
     stats_dtype = jnp.float64 if use_double_precision else work_dtype
-    pred = jnp.moveaxis(pred, channel_axis, 1).astype(work_dtype)
-    target = jnp.moveaxis(target, channel_axis, 1).astype(work_dtype)
+    pred, target = pred.astype(work_dtype), target.astype(work_dtype)
+    # Full-size work happens in the caller's layout; only the pooled maps are moved to NCHW, so
+    # no transposed copy of the inputs is ever made.
+    channel_axis %= pred.ndim
+    spatial_axes = tuple(a for a in range(1, pred.ndim) if a != channel_axis)
 
     per_example = jnp.zeros(pred.shape[0], stats_dtype)
     if bce_weight != 0:
         per_example += bce_weight * bce_per_example(pred, target, with_logits).astype(stats_dtype)
     if bce_weight != 1:
-        probabilities = jax.nn.sigmoid(pred) if with_logits else pred
-        lower_bound = _rmi_lower_bound(
-            probabilities,
-            target,
+        if with_logits and downsampling_method == "max":
+            # The sigmoid is increasing, so it commutes with max pooling: pooling the logits first
+            # applies it to a stride**2 times smaller map and keeps no full-size copy for autodiff.
+            p_maps = jax.nn.sigmoid(downsample(pred, downsampling_method, stride, spatial_axes))
+        else:
+            probabilities = jax.nn.sigmoid(pred) if with_logits else pred
+            p_maps = downsample(probabilities, downsampling_method, stride, spatial_axes)
+        y_maps = downsample(target, downsampling_method, stride, spatial_axes)
+        lower_bound = _lower_bound_of_maps(
+            jnp.moveaxis(p_maps, channel_axis, 1),
+            jnp.moveaxis(y_maps, channel_axis, 1),
             radius=radius,
-            downsampling_method=downsampling_method,
-            stride=stride,
+            step=window_step(downsampling_method, stride),
             offset=CHOLESKY_LOG_OFFSET if use_log_trace else 0.0,
             epsilon=epsilon,
             dtype=stats_dtype,
@@ -156,14 +164,33 @@ def _rmi_lower_bound(
     dtype: jnp.dtype,
 ) -> jnp.ndarray:
     """``0.5 logdet(M + eps I) / d`` per example and class, ``[N, C, H, W] -> [N, C]``."""
-    step = window_step(downsampling_method, stride)
-    vectors = [
-        region_vectors(downsample(x, downsampling_method, stride), radius, step).astype(dtype)
-        for x in (probabilities, target)
-    ]
-    joint = centre(jnp.concatenate(vectors, axis=-2))
+    return _lower_bound_of_maps(
+        downsample(probabilities, downsampling_method, stride),
+        downsample(target, downsampling_method, stride),
+        radius=radius,
+        step=window_step(downsampling_method, stride),
+        offset=offset,
+        epsilon=epsilon,
+        dtype=dtype,
+    )
+
+
+def _lower_bound_of_maps(
+    p_maps: jnp.ndarray,
+    y_maps: jnp.ndarray,
+    *,
+    radius: int,
+    step: int,
+    offset: float,
+    epsilon: float,
+    dtype: jnp.dtype,
+) -> jnp.ndarray:
+    """The lower bound from already downsampled maps, windows every ``step`` pixels."""
     # 0.5 * logdet = sum(log(diag(chol))), so the 0.5 and the 2 of the reference cancel.
-    return conditional_log_det(joint, epsilon, offset) / (radius * radius)
+    log_det = region_log_det(
+        p_maps.astype(dtype), y_maps.astype(dtype), radius, step, epsilon, offset
+    )
+    return log_det / (radius * radius)
 
 
 def _reduce(per_example: jnp.ndarray, reduction: str) -> jnp.ndarray:

@@ -5,18 +5,21 @@ matrix ``J = Z Z^T + eps I`` has the posterior covariance plus ``eps I`` (``M + 
 SPEC) as the Schur complement of its leading ``d x d`` block, so the trailing ``d`` diagonal
 entries of the Cholesky factor of ``J`` are those of the Cholesky factor of ``M + eps I``.
 
-We never form ``J``: it is squared data, and in float32 it rounds away the ``eps``-sized
-information that the loss is made of (the Cholesky of ``J`` fails outright on near-perfect
-predictions at stride 1). Instead ``R`` comes from a QR factorisation of ``[Z^T; sqrt(eps) I]``,
-whose Gram matrix is ``J``; ``|diag(R)|`` is the Cholesky diagonal of ``J``.
+The factor ``R`` (``R^T R = J``) comes from a shifted Cholesky QR in two passes of the data
+``A = [Z^T; sqrt(eps) I]``, never from ``J`` alone: ``J`` is squared data, and in float32 it rounds
+away the ``eps``-sized information the loss is made of. Pass one factors ``J + shift I`` with a
+shift of a few rounding units of ``trace(J)``, so it cannot fail; pass two factors the Gram
+matrix of the well-conditioned ``A R1^-1``, recomputed from the data; ``R = R2 R1``. The same
+algorithm as ``rmi_jax._statistics``, so both backends round alike.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.autograd.function import once_differentiable
+
+# Pass one's shift, in units of (matrix size) * (unit roundoff) * trace(J) (see rmi_jax).
+_SHIFT_ROUNDING_UNITS = 1.0
 
 
 def centre(z: torch.Tensor) -> torch.Tensor:
@@ -24,45 +27,61 @@ def centre(z: torch.Tensor) -> torch.Tensor:
     return z - z.mean(dim=-1, keepdim=True)
 
 
-def _joint_factor(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Upper-triangular ``R`` with ``R^T R = z z^T + epsilon I``; ``z`` is ``[..., k, L]``."""
+def _upper_cholesky(gram: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.cholesky(gram, upper=True)
+
+
+def _triangular_inverse(r: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(r.shape[-1], dtype=r.dtype, device=r.device).expand_as(r)
+    return torch.linalg.solve_triangular(r, eye, upper=True)
+
+
+def _joint_factor(z: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper-triangular R with R^T R = z z^T + epsilon I, and R^-1; z is ``[.., k, L]``."""
     k = z.shape[-2]
-    ridge = math.sqrt(epsilon) * torch.eye(k, dtype=z.dtype, device=z.device)
-    stacked = torch.cat([z.mT, ridge.expand(*z.shape[:-2], k, k)], dim=-2)
-    return torch.linalg.qr(stacked, mode="r").R
+    eye = torch.eye(k, dtype=z.dtype, device=z.device)
+    gram = z @ z.mT
+    trace = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)[..., None, None]
+    shift = _SHIFT_ROUNDING_UNITS * k * torch.finfo(z.dtype).eps * trace
+    r1 = _upper_cholesky(gram + (epsilon + shift) * eye)
+    r1_inv = _triangular_inverse(r1)
+    # Rows of A R1^-1, transposed: the data part R1^-T Z and the ridge part sqrt(eps) R1^-T.
+    q_data = r1_inv.mT @ z
+    r2 = _upper_cholesky(q_data @ q_data.mT + epsilon * (r1_inv.mT @ r1_inv))
+    return r2 @ r1, r1_inv @ _triangular_inverse(r2)
 
 
-def _trailing_diagonal(r: torch.Tensor) -> torch.Tensor:
+def _trailing_log_diagonal(r: torch.Tensor, offset: float) -> torch.Tensor:
     k = r.shape[-1]
-    return torch.diagonal(r, dim1=-2, dim2=-1)[..., k // 2 :].abs()
-
-
-def _log_diag_sum(diagonal: torch.Tensor, offset: float) -> torch.Tensor:
+    diagonal = torch.diagonal(r, dim1=-2, dim2=-1)[..., k // 2 :].abs()
     return torch.log(diagonal + offset).sum(dim=-1)
+
+
+def _gradient_weights(r: torch.Tensor, r_inv: torch.Tensor, offset: float) -> torch.Tensor:
+    """``W`` with ``d f / d Z = 2 W Z`` for ``f = sum_trailing log(diag(R) + offset)``.
+
+    ``df = tr(L^-T D L^-1 dJ)`` for ``L = R^T``, ``D = diag(L_kk f'(L_kk) / 2)`` on the trailing
+    block, and ``dJ = dZ Z^T + Z dZ^T``: so ``W = R^-1 D R^-T``, a small ``k x k`` matrix.
+    """
+    k = r.shape[-1]
+    diagonal = torch.diagonal(r, dim1=-2, dim2=-1).abs()
+    trailing = torch.arange(k, device=r.device) >= k // 2
+    weight = torch.where(trailing, 0.5 * diagonal / (diagonal + offset), 0.0)
+    return (r_inv * weight[..., None, :]) @ r_inv.mT
 
 
 class _ConditionalLogDet(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, epsilon: float, offset: float) -> torch.Tensor:
-        r = _joint_factor(z, epsilon)
-        ctx.save_for_backward(z, r)
-        ctx.offset = offset
-        return _log_diag_sum(_trailing_diagonal(r), offset)
+        r, r_inv = _joint_factor(z, epsilon)
+        ctx.save_for_backward(z, _gradient_weights(r, r_inv, offset))
+        return _trailing_log_diagonal(r, offset)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, cotangent: torch.Tensor):
-        # f = sum_k w(L_kk), L = chol(J): df = tr(L^-T D L^-1 dJ) with D = diag(L_kk w'(L_kk)/2).
-        # L = R^T up to row signs (which cancel) and dJ = dZ Z^T + Z dZ^T give dZ = 2 R^-1 D R^-T Z.
-        z, r = ctx.saved_tensors
-        k = r.shape[-1]
-        diagonal = torch.diagonal(r, dim1=-2, dim2=-1).abs()
-        weight = 0.5 * diagonal / (diagonal + ctx.offset)
-        weight = torch.where(torch.arange(k, device=r.device) >= k // 2, weight, 0.0)
-        weight = weight * cotangent[..., None]
-        projected = torch.linalg.solve_triangular(r.mT, z, upper=False)
-        grad = torch.linalg.solve_triangular(r, weight[..., None] * projected, upper=True)
-        return 2.0 * grad, None, None
+        z, weights = ctx.saved_tensors
+        return (2.0 * cotangent[..., None, None]) * (weights @ z), None, None
 
 
 def conditional_log_det(z: torch.Tensor, epsilon: float, offset: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rmi_torch._bce import bce_per_example
+from rmi_torch._bce import bce_term
 from rmi_torch._statistics import centre, conditional_log_det
 from rmi_torch._windows import (
     DOWNSAMPLING_METHODS,
@@ -105,15 +105,21 @@ def rmi_loss(
 
     per_example = torch.zeros(input.shape[0], dtype=stats_dtype, device=input.device)
     if bce_weight != 0:
-        per_example = per_example + bce_weight * bce_per_example(input, target, with_logits)
+        bce = bce_term(input, target, with_logits, per_example=reduction == "none")
+        per_example = per_example + bce_weight * bce  # a scalar broadcasts for "mean" and "sum"
     if bce_weight != 1:
-        probabilities = torch.sigmoid(input) if with_logits else input
-        lower_bound = _rmi_lower_bound(
-            probabilities,
-            target,
+        if with_logits and downsampling_method == "max":
+            # The sigmoid is increasing, so it commutes with max pooling: pooling the logits first
+            # applies it to a stride**2 times smaller map and keeps no full-size copy for autograd.
+            p_maps = torch.sigmoid(downsample(input, downsampling_method, stride))
+        else:
+            probabilities = torch.sigmoid(input) if with_logits else input
+            p_maps = downsample(probabilities, downsampling_method, stride)
+        lower_bound = _lower_bound_of_maps(
+            p_maps,
+            downsample(target, downsampling_method, stride),
             radius=radius,
-            downsampling_method=downsampling_method,
-            stride=stride,
+            step=window_step(downsampling_method, stride),
             offset=CHOLESKY_LOG_OFFSET if use_log_trace else 0.0,
             epsilon=epsilon,
             dtype=stats_dtype,
@@ -208,12 +214,33 @@ def _rmi_lower_bound(
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """``0.5 logdet(M + eps I) / d`` per example and class, ``[N, C, H, W] -> [N, C]``."""
-    step = window_step(downsampling_method, stride)
-    vectors = [
-        region_vectors(downsample(x, downsampling_method, stride), radius, step).to(dtype)
-        for x in (probabilities, target)
-    ]
-    joint = centre(torch.cat(vectors, dim=-2))
+    return _lower_bound_of_maps(
+        downsample(probabilities, downsampling_method, stride),
+        downsample(target, downsampling_method, stride),
+        radius=radius,
+        step=window_step(downsampling_method, stride),
+        offset=offset,
+        epsilon=epsilon,
+        dtype=dtype,
+    )
+
+
+def _lower_bound_of_maps(
+    p_maps: torch.Tensor,
+    y_maps: torch.Tensor,
+    *,
+    radius: int,
+    step: int,
+    offset: float,
+    epsilon: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The lower bound from already downsampled maps, windows every ``step`` pixels."""
+    # Interleave the two maps per class, so that one unfold yields each class's P rows followed
+    # by its Y rows: [N, C, 2, h, w] -> [N, C, 2d, L].
+    pairs = torch.stack([p_maps, y_maps], dim=2).flatten(1, 2).to(dtype)
+    vectors = region_vectors(pairs, radius, step).unflatten(1, (p_maps.shape[1], 2))
+    joint = centre(vectors.flatten(2, 3))
     # 0.5 * logdet = sum(log(diag(chol))), so the 0.5 and the 2 of the reference cancel.
     return conditional_log_det(joint, epsilon, offset) / (radius * radius)
 
