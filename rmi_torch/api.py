@@ -235,7 +235,16 @@ def _lower_bound_of_maps(
     epsilon: float,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The lower bound from already downsampled maps, windows every ``step`` pixels."""
+    """The lower bound from already downsampled maps, windows every ``step`` pixels.
+
+    Autocast is switched off here: it would run the matrix products in bfloat16 or float16,
+    which cannot carry the ``eps``-sized signal; the statistics stay in ``dtype``.
+    """
+    with torch.autocast(p_maps.device.type, enabled=False):
+        return _lower_bound_in_dtype(p_maps, y_maps, radius, step, offset, epsilon, dtype)
+
+
+def _lower_bound_in_dtype(p_maps, y_maps, radius, step, offset, epsilon, dtype) -> torch.Tensor:
     # Interleave the two maps per class, so that one unfold yields each class's P rows followed
     # by its Y rows: [N, C, 2, h, w] -> [N, C, 2d, L].
     pairs = torch.stack([p_maps, y_maps], dim=2).flatten(1, 2).to(dtype)

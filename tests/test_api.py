@@ -237,3 +237,22 @@ def test_vmap_of_grad_over_an_extra_leading_axis():
     mapped = jax.vmap(grad)(stacked)
     for i in range(2):
         np.testing.assert_allclose(mapped[i], grad(stacked[i]), rtol=F32_RTOL, atol=1e-7)
+
+
+def test_torch_module_under_cpu_bfloat16_autocast() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, kernel_size=3, padding=1)
+    images = torch.randn(2, 3, 32, 32)
+    target = (torch.rand(2, 4, 32, 32) > 0.5).float()
+    loss_fn = rmi_torch.RMILoss(with_logits=True, use_double_precision=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(images)
+        assert logits.dtype == torch.bfloat16
+        loss = loss_fn(logits, target)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
+    # The same bfloat16 logits outside autocast give the same loss: autocast changed nothing.
+    expected = loss_fn(logits.detach(), target)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-6, atol=1e-6)
