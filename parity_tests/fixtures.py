@@ -23,6 +23,11 @@ class Fixture:
     the reference's condition number of the joint Gram matrix (the float32 gradients' enemy),
     and ``degenerate`` marks predictions that are an exact function of the target, where that
     matrix is singular but for ``eps``.
+
+    Label-map fixtures (``labels-*.npz``, SPEC §2) hold the logits in ``pred``, the ``[N, H, W]``
+    int64 label map in ``target``, the keyword arguments of ``rmi_loss_from_labels`` in
+    ``options`` (never ``channel_axis`` or ``use_double_precision``), and an empty
+    ``per_example``: that loss is one number for the batch.
     """
 
     name: str

@@ -3,7 +3,8 @@
 Run as ``python -m parity_tests.make_fixtures``.
 
 Deterministic: every case draws from its own seeded generator, so the files are reproducible and
-adding a case never changes the others.
+adding a case never changes the others. ``CASES`` are the dense-target cases (SPEC §1, files
+``dense-*.npz``), ``LABEL_CASES`` the label-map cases (SPEC §2, files ``labels-*.npz``).
 """
 
 from __future__ import annotations
@@ -192,15 +193,174 @@ def build_fixture(case: Case) -> Fixture:
     )
 
 
-def main() -> None:
-    FIXTURE_DIR.mkdir(exist_ok=True)
-    for stale in FIXTURE_DIR.glob("dense-*.npz"):
+@dataclass(frozen=True)
+class LabelCase:
+    """A label-map case: ``shape`` is the logits' ``[N, C, H, W]``, ``C`` the ``num_classes``.
+
+    ``ignored`` and ``out_of_range`` are the fractions of pixels relabelled ``ignore_index``
+    (255 unless the options say otherwise) and ``C`` or more.
+    """
+
+    name: str
+    shape: tuple[int, int, int, int] = (2, 3, 18, 18)
+    labels: str = "random"
+    ignored: float = 0.1
+    out_of_range: float = 0.05
+    options: dict[str, Any] = field(default_factory=dict)
+    finite_differences: bool = False
+
+
+# Central-difference step of the label cases. Their loss is O(1) but their gradients are small
+# (the BCE is divided by the valid-pixel count), so the default 1e-6 leaves rounding noise of
+# ~1e-6 relative; at 1e-5 both rounding and truncation stay below ~1e-7 (measured).
+LABEL_FD_STEP = 1e-5
+# Labels left valid per image by the "few_valid" recipe.
+FEW_VALID_PIXELS = 5
+# Side of the constant squares of the "blocks" recipe, a segmentation-like map.
+BLOCK_SIDE = 5
+
+
+def make_labels(case: LabelCase, rng: np.random.Generator) -> np.ndarray:
+    """``[N, H, W]`` int64 labels for ``case``, ignored pixels included."""
+    n, c, h, w = case.shape
+    if case.labels == "blocks":
+        grid = rng.integers(0, c, (n, -(-h // BLOCK_SIDE), -(-w // BLOCK_SIDE)))
+        labels = grid.repeat(BLOCK_SIDE, axis=1).repeat(BLOCK_SIDE, axis=2)[:, :h, :w]
+    else:
+        labels = rng.integers(0, c, (n, h, w))
+    ignore_index = case.options.get("ignore_index", 255)
+    draw = rng.random((n, h, w))
+    labels = np.where(draw < case.ignored, ignore_index, labels)
+    beyond = c + rng.integers(0, 5, (n, h, w))
+    labels = np.where(
+        (draw >= case.ignored) & (draw < case.ignored + case.out_of_range), beyond, labels
+    )
+    if case.labels in ("few_valid", "all_ignored"):
+        keep = FEW_VALID_PIXELS if case.labels == "few_valid" else 0
+        flat = labels.reshape(n, -1)
+        order = rng.permutation(h * w)
+        flat[:, order[keep:]] = ignore_index
+        flat[:, order[:keep]] = rng.integers(0, c, (n, keep))
+    return labels.astype(np.int64)
+
+
+def make_label_logits(labels: np.ndarray, num_classes: int, rng: np.random.Generator):
+    """Logits that lean towards the labels (as a trained model's do), plus noise."""
+    one_hot = (labels[:, None] == np.arange(num_classes)[None, :, None, None]).astype(np.float64)
+    return 3.0 * (one_hot - 0.5) + 1.5 * rng.standard_normal(one_hot.shape)
+
+
+LABEL_CASES = [
+    LabelCase("default", finite_differences=True),
+    LabelCase("avg", options={"rmi_pool_way": 1}, finite_differences=True),
+    LabelCase("interp", options={"rmi_pool_way": 2}, finite_differences=True),
+    LabelCase(
+        "pool1",
+        shape=(2, 2, 10, 10),
+        options={"rmi_pool_size": 1, "rmi_pool_stride": 1},
+        finite_differences=True,
+    ),
+    LabelCase(
+        "max-pool2", shape=(2, 3, 20, 20), options={"rmi_pool_size": 2, "rmi_pool_stride": 2}
+    ),
+    LabelCase(
+        "interp-pool2",
+        shape=(2, 2, 16, 16),
+        options={"rmi_pool_way": 2, "rmi_pool_size": 2, "rmi_pool_stride": 2},
+        finite_differences=True,
+    ),
+    LabelCase(
+        "max-pool4", shape=(2, 3, 28, 28), options={"rmi_pool_size": 4, "rmi_pool_stride": 4}
+    ),
+    LabelCase(
+        "authors-avg-pool4",
+        shape=(2, 4, 48, 40),
+        labels="blocks",
+        options={"rmi_pool_way": 1, "rmi_pool_size": 4, "rmi_pool_stride": 4},
+    ),
+    LabelCase(
+        "interp-pool4-odd-33x29",
+        shape=(2, 3, 33, 29),
+        options={"rmi_pool_way": 2, "rmi_pool_size": 4, "rmi_pool_stride": 4, "rmi_radius": 2},
+    ),
+    LabelCase("radius1", options={"rmi_radius": 1}, finite_differences=True),
+    LabelCase("radius2", options={"rmi_radius": 2}, finite_differences=True),
+    LabelCase("radius4", shape=(2, 2, 36, 36), options={"rmi_radius": 4}),
+    LabelCase("lambda-way0", options={"lambda_way": 0}, finite_differences=True),
+    LabelCase("lambda-way0-lambda0", options={"lambda_way": 0, "loss_weight_lambda": 0.0}),
+    LabelCase("lambda0", options={"loss_weight_lambda": 0.0}, finite_differences=True),
+    LabelCase("lambda1", options={"loss_weight_lambda": 1.0}, finite_differences=True),
+    LabelCase("none-ignored", ignored=0.0, out_of_range=0.0),
+    LabelCase("many-ignored", shape=(2, 3, 24, 24), ignored=0.4, out_of_range=0.2),
+    LabelCase("few-valid", shape=(2, 3, 20, 20), labels="few_valid"),
+    LabelCase("all-ignored", shape=(2, 3, 12, 12), labels="all_ignored"),
+    LabelCase("n1", shape=(1, 3, 20, 20)),
+    LabelCase("c1", shape=(2, 1, 18, 18), finite_differences=True),
+    LabelCase("odd-33x29", shape=(2, 3, 33, 29)),
+    LabelCase(
+        "odd-33x29-avg-pool2",
+        shape=(1, 2, 33, 29),
+        options={"rmi_pool_way": 1, "rmi_pool_size": 2, "rmi_pool_stride": 2},
+    ),
+    LabelCase("ignore-index-in-range", options={"ignore_index": 1}),
+    LabelCase("blocks-interp", shape=(2, 4, 40, 40), labels="blocks", options={"rmi_pool_way": 2}),
+]
+
+
+def build_label_fixture(case: LabelCase) -> Fixture:
+    name = f"labels-{case.name}"
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    num_classes = case.shape[1]
+    labels = make_labels(case, rng)
+    # float32-representable logits: the float32 routes then see exactly the reference's inputs.
+    logits = make_label_logits(labels, num_classes, rng).astype(np.float32).astype(np.float64)
+    options = {"num_classes": num_classes, **case.options}
+    value = reference.label_rmi_loss(logits, labels, **options)
+    grad_fd = None
+    if case.finite_differences:
+        if logits.size > FD_MAX_ELEMENTS:
+            raise ValueError(f"{case.name}: {logits.size} elements is too many for differences")
+        grad_fd = reference.central_differences(
+            lambda x: reference.label_rmi_loss(x, labels, **options), logits, LABEL_FD_STEP
+        )
+    valid, target = reference.label_targets(labels, num_classes, options.get("ignore_index", 255))
+    p_regions, y_regions = reference.label_regions(
+        logits,
+        valid,
+        target,
+        rmi_radius=options.get("rmi_radius", 3),
+        rmi_pool_way=options.get("rmi_pool_way", 0),
+        rmi_pool_stride=options.get("rmi_pool_stride", 3),
+    )
+    return Fixture(
+        name=name,
+        pred=logits,
+        target=labels,
+        options=options,
+        value=value,
+        # The label-map loss is one number for the batch (SPEC §2.3): no per-example split.
+        per_example=np.zeros(0),
+        joint_condition=reference.joint_condition_of_regions(
+            p_regions, y_regions, reference.LABEL_EPSILON
+        ),
+        grad_fd=grad_fd,
+    )
+
+
+def write(fixtures, pattern: str) -> None:
+    """Replace the files matching ``pattern`` by ``fixtures``, one line of summary each."""
+    for stale in FIXTURE_DIR.glob(pattern):
         stale.unlink()
-    for case in CASES:
-        fixture = build_fixture(case)
+    for fixture in fixtures:
         path = save_fixture(fixture)
         fd = "" if fixture.grad_fd is None else " +fd"
         print(f"{path.name:55s} value={fixture.value: .12g}{fd}")
+
+
+def main() -> None:
+    FIXTURE_DIR.mkdir(exist_ok=True)
+    write(map(build_fixture, CASES), "dense-*.npz")
+    write(map(build_label_fixture, LABEL_CASES), "labels-*.npz")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ there is a choice (sliding-window views instead of padding-and-reshaping or ``un
 solve and a Cholesky factor of the normal-equations matrices instead of a QR of the data), so a
 mistake in one is unlikely to be repeated in the other. Everything runs in float64, loop-free.
 
-All arrays are NCHW. Each public function returns the per-example losses, shape ``[N]``; the
-``"mean"`` value of the libraries is their mean.
+All arrays are NCHW. ``dense_rmi_per_example`` (SPEC §1) returns the per-example losses, shape
+``[N]``, whose mean is the libraries' ``"mean"`` value; ``label_rmi_loss`` (SPEC §2) returns the
+scalar loss, which has no per-example split.
 """
 
 from __future__ import annotations
@@ -60,11 +61,23 @@ def pool(maps: np.ndarray, stride: int, method: str) -> np.ndarray:
     return windows.sum(axis=(-2, -1)) / stride**2  # padded zeros count (count_include_pad)
 
 
+def _nearest_source_indices(size_in: int, size_out: int) -> np.ndarray:
+    """Source index ``floor(i * in / out)`` of each output index, rounded as PyTorch rounds it.
+
+    PyTorch forms the scale ``in / out`` and its product with ``i`` in float32; exact or float64
+    arithmetic picks a different source for some sizes (e.g. 106 -> 26: output 13 reads row 52,
+    not 53), so the index rule is reproduced in float32. The maps themselves stay float64.
+    """
+    scale = np.float32(size_in) / np.float32(size_out)
+    positions = np.arange(size_out, dtype=np.float32) * scale
+    return np.minimum(np.floor(positions).astype(np.int64), size_in - 1)
+
+
 def resize_nearest(maps: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """PyTorch ``interpolate(mode="nearest")``: source index ``floor(i * in / out)``."""
+    """PyTorch ``interpolate(mode="nearest")`` of the last two axes."""
     h, w = maps.shape[-2:]
-    rows = np.minimum(np.floor(np.arange(out_h) * (h / out_h)).astype(int), h - 1)
-    cols = np.minimum(np.floor(np.arange(out_w) * (w / out_w)).astype(int), w - 1)
+    rows = _nearest_source_indices(h, out_h)
+    cols = _nearest_source_indices(w, out_w)
     return maps[..., rows[:, None], cols[None, :]]
 
 
@@ -185,7 +198,13 @@ def joint_condition_number(pred: np.ndarray, target: np.ndarray, **options) -> f
         np.asarray(target, np.float64),
         **{"radius": 3, "downsampling_method": "max", "stride": 3, **options},
     )
-    z = np.concatenate([p, y], axis=-2)
+    return joint_condition_of_regions(p, y, epsilon)
+
+
+def joint_condition_of_regions(p_regions: np.ndarray, y_regions: np.ndarray, epsilon: float):
+    """Largest condition number of ``J = Z Z^T + eps I`` over the leading indices of ``[..., d, L]``
+    region vectors (``Z`` the centred ``[P; Y]``)."""
+    z = np.concatenate([p_regions, y_regions], axis=-2)
     z = z - z.mean(axis=-1, keepdims=True)
     joint = z @ np.swapaxes(z, -1, -2) + epsilon * np.eye(z.shape[-2])
     return float(np.linalg.cond(joint).max())
@@ -238,6 +257,89 @@ def dense_rmi_per_example(
 def dense_rmi_loss(pred: np.ndarray, target: np.ndarray, **options) -> float:
     """SPEC §1 ``"mean"`` value: the mean of :func:`dense_rmi_per_example`."""
     return float(dense_rmi_per_example(pred, target, **options).mean())
+
+
+def label_targets(
+    labels: np.ndarray, num_classes: int, ignore_index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """SPEC §2.1-2.2: the ``[N, H, W]`` valid mask and the ``[N, C, H, W]`` float64 one-hot target.
+
+    Labels equal to ``ignore_index``, ``>= num_classes`` or negative are ignored; their target
+    vector is all zero.
+    """
+    labels = np.asarray(labels)
+    valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
+    classes = np.arange(num_classes)[None, :, None, None]
+    return valid, ((labels[:, None] == classes) & valid[:, None]).astype(np.float64)
+
+
+def label_downsample(
+    probabilities: np.ndarray, target: np.ndarray, pool_way: int, stride: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """SPEC §2.5: both NCHW maps downsampled by ``stride`` the ``pool_way`` way."""
+    if stride == 1:
+        return probabilities, target
+    if pool_way == 2:
+        out_h, out_w = probabilities.shape[-2] // stride, probabilities.shape[-1] // stride
+        return (
+            resize_bilinear_corners(probabilities, out_h, out_w),
+            resize_nearest(target, out_h, out_w),
+        )
+    method = ("max", "avg")[pool_way]
+    return pool(probabilities, stride, method), pool(target, stride, method)
+
+
+def label_regions(
+    logits: np.ndarray,
+    valid: np.ndarray,
+    target: np.ndarray,
+    *,
+    rmi_radius: int,
+    rmi_pool_way: int,
+    rmi_pool_stride: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """SPEC §2.4-2.5 and §1.4: region vectors ``[N, C, d, L]`` of probabilities and target."""
+    probabilities = sigmoid(logits) * valid[:, None] + LABEL_PROBABILITY_OFFSET
+    probabilities, target = label_downsample(probabilities, target, rmi_pool_way, rmi_pool_stride)
+    return regions(probabilities, rmi_radius, 1), regions(target, rmi_radius, 1)
+
+
+def label_rmi_loss(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    rmi_radius: int = 3,
+    rmi_pool_way: int = 0,
+    rmi_pool_size: int = 3,
+    rmi_pool_stride: int = 3,
+    loss_weight_lambda: float = 0.5,
+    lambda_way: int = 1,
+    ignore_index: int = 255,
+) -> float:
+    """SPEC §2 (the paper authors' label-map semantics): the scalar loss.
+
+    ``logits`` are ``[N, C, H, W]``, ``labels`` integers ``[N, H, W]``. The BCE term is one
+    number for the whole batch (its normaliser counts the valid pixels of every example), so
+    unlike the dense semantics the loss has no per-example split.
+    """
+    if rmi_pool_size != rmi_pool_stride or rmi_pool_way not in (0, 1, 2):
+        raise ValueError("the label-map semantics need pool size == stride and a way in 0, 1, 2")
+    logits = np.asarray(logits, np.float64)
+    valid, target = label_targets(labels, num_classes, ignore_index)
+    bce = (bce_with_logits(logits, target) * valid[:, None]).sum() / (valid.sum() + 1.0)
+    p_regions, y_regions = label_regions(
+        logits,
+        valid,
+        target,
+        rmi_radius=rmi_radius,
+        rmi_pool_way=rmi_pool_way,
+        rmi_pool_stride=rmi_pool_stride,
+    )
+    rmi = lower_bound(p_regions, y_regions, LABEL_EPSILON, use_log_trace=True).mean(0).sum()
+    if lambda_way == 1:
+        return float(loss_weight_lambda * bce + (1.0 - loss_weight_lambda) * rmi)
+    return float(bce + loss_weight_lambda * rmi)
 
 
 def central_differences(function, x: np.ndarray, step: float = 1e-6) -> np.ndarray:

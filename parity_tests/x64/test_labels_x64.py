@@ -1,0 +1,55 @@
+"""Label-map RMI (SPEC §2) in JAX float64 vs the reference and PyTorch (JAX_ENABLE_X64=1)."""
+
+import jax
+import numpy as np
+import pytest
+
+from parity_tests.fixtures import Fixture, load_fixtures
+from parity_tests.test_labels import jax_label_value_and_grad, torch_label_value_and_grad
+from parity_tests.tolerances import (
+    CROSS_BACKEND_GRAD_RTOL,
+    F64_VALUE_RTOL,
+    FD_GRAD_RTOL,
+    relative_error,
+)
+
+FIXTURES = load_fixtures("labels-*.npz")
+WITH_FD = [f for f in FIXTURES if f.grad_fd is not None]
+
+
+def ids(fixtures: list[Fixture]) -> list[str]:
+    return [f.name for f in fixtures]
+
+
+def test_x64_is_enabled_in_this_process() -> None:
+    assert jax.config.read("jax_enable_x64")
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+def test_float64_value_matches_reference(fixture: Fixture) -> None:
+    value, grad = jax_label_value_and_grad(fixture, double=True)
+    assert value.dtype == np.float64 and value.shape == ()
+    np.testing.assert_allclose(value, fixture.value, rtol=F64_VALUE_RTOL, atol=0)
+    assert np.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("fixture", WITH_FD, ids=ids(WITH_FD))
+def test_float64_gradient_matches_finite_differences(fixture: Fixture) -> None:
+    _, grad = jax_label_value_and_grad(fixture, double=True)
+    assert relative_error(grad, fixture.grad_fd) < FD_GRAD_RTOL
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+def test_jax_and_torch_agree_in_float64(fixture: Fixture) -> None:
+    jax_value, jax_grad = jax_label_value_and_grad(fixture, double=True)
+    torch_value, torch_grad = torch_label_value_and_grad(fixture, double=True)
+    np.testing.assert_allclose(jax_value, torch_value, rtol=F64_VALUE_RTOL, atol=0)
+    assert relative_error(jax_grad, torch_grad) < CROSS_BACKEND_GRAD_RTOL
+
+
+@pytest.mark.parametrize("fixture", FIXTURES[::5], ids=ids(FIXTURES[::5]))
+def test_nhwc_equals_nchw_in_float64(fixture: Fixture) -> None:
+    nchw_value, nchw_grad = jax_label_value_and_grad(fixture, double=True)
+    nhwc_value, nhwc_grad = jax_label_value_and_grad(fixture, double=True, channel_axis=-1)
+    np.testing.assert_allclose(nhwc_value, nchw_value, rtol=F64_VALUE_RTOL, atol=0)
+    assert relative_error(nhwc_grad, nchw_grad) < CROSS_BACKEND_GRAD_RTOL
