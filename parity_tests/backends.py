@@ -23,6 +23,7 @@ def jax_value_and_grad(
             pred,
             jnp.asarray(fixture.target, dtype),
             **fixture.options,
+            **fixture.mask_argument(jnp.asarray),
             use_double_precision=double,
             channel_axis=1,
             reduction=reduction,
@@ -47,6 +48,7 @@ def torch_value_and_grad(
         pred,
         torch.tensor(fixture.target, dtype=dtype),
         **fixture.options,
+        **fixture.mask_argument(torch.tensor),
         use_double_precision=double,
         reduction=reduction,
     )

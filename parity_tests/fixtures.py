@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ class Fixture:
     to ``pred``, present on small fixtures with no ties in max pooling. ``joint_condition`` is
     the reference's condition number of the joint Gram matrix (the float32 gradients' enemy),
     and ``degenerate`` marks predictions that are an exact function of the target, where that
-    matrix is singular but for ``eps``.
+    matrix is singular but for ``eps``. ``valid_mask`` is the ``[N, H, W]`` boolean mask of the
+    masked dense fixtures (``None`` elsewhere), passed to both backends as ``valid_mask``.
 
     Label-map fixtures (``labels-*.npz``, SPEC §2) hold the logits in ``pred``, the ``[N, H, W]``
     int64 label map in ``target``, the keyword arguments of ``rmi_loss_from_labels`` in
@@ -43,6 +45,10 @@ class Fixture:
 
     def __str__(self) -> str:
         return self.name
+
+    def mask_argument(self, to_array: Callable[[np.ndarray], Any]) -> dict[str, Any]:
+        """``{"valid_mask": to_array(mask)}`` for a masked dense fixture, else ``{}``."""
+        return {} if self.valid_mask is None else {"valid_mask": to_array(self.valid_mask)}
 
 
 def save_fixture(fixture: Fixture, directory: Path = FIXTURE_DIR) -> Path:

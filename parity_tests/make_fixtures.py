@@ -30,6 +30,7 @@ class Case:
     inputs: str = "random_logits"
     options: dict[str, Any] = field(default_factory=dict)
     finite_differences: bool = False
+    mask: str | None = None  # a MASKS recipe for ``valid_mask``, or None for no mask
 
 
 # Recipes whose prediction is an exact function of the (binary) target: the joint Gram matrix is
@@ -62,6 +63,34 @@ def make_inputs(kind: str, shape: tuple[int, ...], rng: np.random.Generator):
         ),
     }
     return recipes[kind]()
+
+
+def blocks_mask(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """``[N, H, W]``: example 0 loses a band on the right, the others a rectangle and the bottom
+    rows (padding- and unlabelled-region-like), placed relative to the size."""
+    n, _, h, w = shape
+    valid = np.ones((n, h, w), bool)
+    valid[0, :, int(0.7 * w) :] = False
+    valid[1:, int(0.15 * h) : int(0.3 * h), int(0.1 * w) : int(0.4 * w)] = False
+    valid[1:, int(0.8 * h) :] = False
+    return valid
+
+
+# valid_mask recipes. Few masked pixels suffice at stride 1; pooled maps need blocks, or
+# every window would touch a masked pixel.
+MASKS: dict[str, Callable[[tuple[int, ...], np.random.Generator], np.ndarray]] = {
+    "blocks": blocks_mask,
+    "sparse": lambda shape, rng: rng.random((shape[0], *shape[2:])) >= 0.03,
+    "all_valid": lambda shape, rng: np.ones((shape[0], *shape[2:]), bool),
+}
+
+
+def scramble_masked(pred, target, valid, with_logits: bool, rng: np.random.Generator):
+    """Wild values at masked pixels (huge logits, extreme probabilities, targets outside
+    [0, 1]): a masked pixel's values must not matter."""
+    masked = ~valid[:, None]
+    wild_pred = 40.0 * np.sign(rng.standard_normal(pred.shape)) if with_logits else 1 - 2**-10
+    return np.where(masked, wild_pred, pred), np.where(masked, 3.0, target)
 
 
 CASES = [
@@ -163,6 +192,36 @@ CASES = [
         },
     ),
     Case("non-square-24x40", shape=(2, 2, 24, 40), options={"radius": 2}),
+    Case("mask-blocks", mask="blocks", finite_differences=True),
+    Case(
+        "mask-blocks-probabilities-avg",
+        inputs="random_probabilities",
+        mask="blocks",
+        options={"downsampling_method": "avg", "stride": 2},
+        finite_differences=True,
+    ),
+    Case(
+        "mask-blocks-region-extraction",
+        mask="blocks",
+        options={"downsampling_method": "region-extraction", "stride": 2},
+        finite_differences=True,
+    ),
+    Case(
+        "mask-sparse-stride1",
+        shape=(2, 2, 12, 12),
+        mask="sparse",
+        options={"stride": 1},
+        finite_differences=True,
+    ),
+    Case("mask-blocks-odd-33x29-soft", shape=(2, 3, 33, 29), inputs="soft_targets", mask="blocks"),
+    Case(
+        "mask-blocks-bce0-plain-logdet",
+        mask="blocks",
+        options={"bce_weight": 0.0, "use_log_trace": False},
+        finite_differences=True,
+    ),
+    Case("mask-blocks-bce1", mask="blocks", options={"bce_weight": 1.0}, finite_differences=True),
+    Case("mask-all-valid", mask="all_valid"),
 ]
 
 
@@ -172,13 +231,19 @@ def build_fixture(case: Case) -> Fixture:
     # float32-representable inputs: the float32 routes then see exactly the reference's inputs.
     pred, target = (x.astype(np.float32).astype(np.float64) for x in (pred, target))
     options = {"with_logits": with_logits, **case.options}
-    per_example = reference.dense_rmi_per_example(pred, target, **options)
+    valid_mask = None
+    if case.mask is not None:
+        valid_mask = MASKS[case.mask](case.shape, rng)
+        pred, target = scramble_masked(pred, target, valid_mask, with_logits, rng)
+    per_example = reference.dense_rmi_per_example(pred, target, **options, valid_mask=valid_mask)
+    if not np.isfinite(per_example).all():
+        raise ValueError(f"{case.name}: the mask leaves an example without a region window")
     grad_fd = None
     if case.finite_differences:
         if pred.size > FD_MAX_ELEMENTS:
             raise ValueError(f"{case.name}: {pred.size} elements is too many for differences")
         grad_fd = reference.central_differences(
-            lambda x: reference.dense_rmi_loss(x, target, **options), pred
+            lambda x: reference.dense_rmi_loss(x, target, **options, valid_mask=valid_mask), pred
         )
     return Fixture(
         name=f"dense-{case.name}",
@@ -190,6 +255,7 @@ def build_fixture(case: Case) -> Fixture:
         value=float(per_example.mean()),
         per_example=per_example,
         grad_fd=grad_fd,
+        valid_mask=valid_mask,
     )
 
 
@@ -235,6 +301,10 @@ def make_labels(case: LabelCase, rng: np.random.Generator) -> np.ndarray:
     labels = np.where(
         (draw >= case.ignored) & (draw < case.ignored + case.out_of_range), beyond, labels
     )
+    if case.labels == "ignored_blocks":
+        # Blocks, not scattered pixels: windows free of ignored pixels must remain.
+        labels = np.where(blocks_mask(case.shape, rng), labels, ignore_index)
+        labels[1:, int(0.8 * h) :] = c + 2  # out of range: ignored as well
     if case.labels in ("few_valid", "all_ignored"):
         keep = FEW_VALID_PIXELS if case.labels == "few_valid" else 0
         flat = labels.reshape(n, -1)
@@ -304,6 +374,63 @@ LABEL_CASES = [
     ),
     LabelCase("ignore-index-in-range", options={"ignore_index": 1}),
     LabelCase("blocks-interp", shape=(2, 4, 40, 40), labels="blocks", options={"rmi_pool_way": 2}),
+    LabelCase(
+        "exclude-ignored",
+        labels="ignored_blocks",
+        ignored=0.0,
+        out_of_range=0.0,
+        options={"exclude_ignored": True},
+        finite_differences=True,
+    ),
+    LabelCase(
+        "exclude-ignored-authors-avg-pool4",
+        shape=(2, 4, 48, 40),
+        labels="ignored_blocks",
+        ignored=0.0,
+        out_of_range=0.0,
+        options={
+            "exclude_ignored": True,
+            "rmi_pool_way": 1,
+            "rmi_pool_size": 4,
+            "rmi_pool_stride": 4,
+        },
+    ),
+    LabelCase(
+        "exclude-ignored-interp",
+        labels="ignored_blocks",
+        ignored=0.0,
+        out_of_range=0.0,
+        options={"exclude_ignored": True, "rmi_pool_way": 2},
+        finite_differences=True,
+    ),
+    LabelCase(
+        "exclude-ignored-interp-pool4-odd-33x29",
+        shape=(2, 3, 33, 29),
+        labels="ignored_blocks",
+        ignored=0.0,
+        out_of_range=0.0,
+        options={
+            "exclude_ignored": True,
+            "rmi_pool_way": 2,
+            "rmi_pool_size": 4,
+            "rmi_pool_stride": 4,
+            "rmi_radius": 2,
+        },
+    ),
+    LabelCase(
+        "exclude-ignored-pool1",
+        shape=(2, 2, 10, 10),
+        ignored=0.03,
+        out_of_range=0.0,
+        options={"exclude_ignored": True, "rmi_pool_size": 1, "rmi_pool_stride": 1},
+        finite_differences=True,
+    ),
+    LabelCase(
+        "exclude-ignored-none-ignored",
+        ignored=0.0,
+        out_of_range=0.0,
+        options={"exclude_ignored": True},
+    ),
 ]
 
 

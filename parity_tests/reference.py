@@ -177,11 +177,16 @@ def dense_regions(
     y_regions = regions(target, radius, step)
     window_weights = None
     if cell_valid is not None:
-        window_weights = (regions(cell_valid, radius, step).min(axis=-2) > 0.5).astype(np.float64)
+        window_weights = windows_of_valid_cells(cell_valid, radius, step)
         window_weights = np.broadcast_to(
             window_weights, p_regions.shape[:2] + window_weights.shape[-1:]
         )
     return p_regions, y_regions, window_weights
+
+
+def windows_of_valid_cells(cell_valid: np.ndarray, radius: int, step: int) -> np.ndarray:
+    """``[..., h, w]`` 0/1 cell validity -> ``[..., L]`` 0/1: windows made of valid cells only."""
+    return (regions(cell_valid, radius, step).min(axis=-2) > 0.5).astype(np.float64)
 
 
 def joint_condition_number(pred: np.ndarray, target: np.ndarray, **options) -> float:
@@ -304,6 +309,28 @@ def label_regions(
     return regions(probabilities, rmi_radius, 1), regions(target, rmi_radius, 1)
 
 
+def label_window_weights(
+    valid: np.ndarray, *, rmi_radius: int, rmi_pool_way: int, rmi_pool_stride: int
+) -> np.ndarray:
+    """``exclude_ignored`` (the project's extension): ``[N, 1, L]`` 0/1 weights of the windows
+    whose downsampled cells all come from valid pixels only.
+
+    A pooled cell is valid when its whole pooling window is; a resized cell when the nearest
+    source pixel and every pixel of nonzero bilinear weight are.
+    """
+    masked = 1.0 - valid.astype(np.float64)
+    stride = rmi_pool_stride
+    if stride > 1 and rmi_pool_way == 2:
+        out_h, out_w = masked.shape[-2] // stride, masked.shape[-1] // stride
+        rows = _corner_aligned_interpolation_matrix(masked.shape[-2], out_h) != 0
+        cols = _corner_aligned_interpolation_matrix(masked.shape[-1], out_w) != 0
+        read_bilinear = np.einsum("ih,nhw,jw->nij", rows * 1.0, masked, cols * 1.0)
+        masked = read_bilinear + resize_nearest(masked, out_h, out_w)
+    elif stride > 1:
+        masked = pool(masked, stride, "max")
+    return windows_of_valid_cells((masked == 0).astype(np.float64), rmi_radius, 1)[:, None]
+
+
 def label_rmi_loss(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -316,6 +343,7 @@ def label_rmi_loss(
     loss_weight_lambda: float = 0.5,
     lambda_way: int = 1,
     ignore_index: int = 255,
+    exclude_ignored: bool = False,
 ) -> float:
     """SPEC §2 (the paper authors' label-map semantics): the scalar loss.
 
@@ -336,7 +364,20 @@ def label_rmi_loss(
         rmi_pool_way=rmi_pool_way,
         rmi_pool_stride=rmi_pool_stride,
     )
-    rmi = lower_bound(p_regions, y_regions, LABEL_EPSILON, use_log_trace=True).mean(0).sum()
+    weights = None
+    if exclude_ignored:
+        weights = label_window_weights(
+            valid,
+            rmi_radius=rmi_radius,
+            rmi_pool_way=rmi_pool_way,
+            rmi_pool_stride=rmi_pool_stride,
+        )
+        assert (weights.sum(-1) > 0).all(), "every example needs a window of valid pixels"
+        weights = np.broadcast_to(weights, p_regions.shape[:2] + weights.shape[-1:])
+    bounds = lower_bound(
+        p_regions, y_regions, LABEL_EPSILON, use_log_trace=True, window_weights=weights
+    )
+    rmi = bounds.mean(0).sum()
     if lambda_way == 1:
         return float(loss_weight_lambda * bce + (1.0 - loss_weight_lambda) * rmi)
     return float(bce + loss_weight_lambda * rmi)

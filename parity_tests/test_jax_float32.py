@@ -28,8 +28,10 @@ def ids(fixtures: list[Fixture]) -> list[str]:
     return [f.name for f in fixtures]
 
 
-def nchw_loss(fixture: Fixture, **overrides):
-    options = {**fixture.options, "channel_axis": 1, **overrides}
+def nchw_loss(fixture: Fixture, examples: slice = slice(None), **overrides):
+    """The fixture's loss on NCHW inputs; ``examples`` selects the rows of its mask to use."""
+    mask = fixture.mask_argument(lambda mask: jnp.asarray(mask[examples]))
+    options = {**fixture.options, **mask, "channel_axis": 1, **overrides}
     return lambda pred, target: rmi_loss(pred, target, **options)
 
 
@@ -57,8 +59,8 @@ def test_float32_gradient_matches_finite_differences(fixture: Fixture) -> None:
 def test_nhwc_equals_nchw(fixture: Fixture) -> None:
     pred, target = jnp.asarray(fixture.pred), jnp.asarray(fixture.target)
     nchw = nchw_loss(fixture)(pred, target)
-    nhwc = rmi_loss(
-        jnp.moveaxis(pred, 1, -1), jnp.moveaxis(target, 1, -1), **fixture.options, channel_axis=-1
+    nhwc = nchw_loss(fixture, channel_axis=-1)(
+        jnp.moveaxis(pred, 1, -1), jnp.moveaxis(target, 1, -1)
     )
     assert_same_math(nhwc, nchw)
 
@@ -88,7 +90,10 @@ def test_vmap_over_leading_axis_equals_loop(fixture: Fixture) -> None:
 def test_reduction_none_matches_per_example_calls(fixture: Fixture) -> None:
     pred, target = jnp.asarray(fixture.pred), jnp.asarray(fixture.target)
     per_example = nchw_loss(fixture, reduction="none")(pred, target)
-    singles = [nchw_loss(fixture)(pred[n : n + 1], target[n : n + 1]) for n in range(len(pred))]
+    singles = [
+        nchw_loss(fixture, slice(n, n + 1))(pred[n : n + 1], target[n : n + 1])
+        for n in range(len(pred))
+    ]
     assert per_example.shape == (len(pred),)
     assert_same_math(per_example, jnp.stack(singles))
     assert_same_math(per_example.mean(), nchw_loss(fixture)(pred, target))

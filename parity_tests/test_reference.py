@@ -92,6 +92,7 @@ BASELINE_COMPARABLE = [
     f
     for f in FIXTURES
     if f.options["with_logits"]
+    and f.valid_mask is None
     and f.options.get("downsampling_method", "max") == "max"
     and f.options.get("use_log_trace", True)
 ]
@@ -108,7 +109,9 @@ def test_reference_matches_the_literal_torch_algorithm(fixture: Fixture) -> None
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=str)
 def test_fixture_is_reproduced_by_the_reference(fixture: Fixture) -> None:
-    per_example = reference.dense_rmi_per_example(fixture.pred, fixture.target, **fixture.options)
+    per_example = reference.dense_rmi_per_example(
+        fixture.pred, fixture.target, **fixture.options, valid_mask=fixture.valid_mask
+    )
     np.testing.assert_array_equal(per_example, fixture.per_example)
     assert np.isfinite(fixture.value)
     assert fixture.value == pytest.approx(per_example.mean(), rel=1e-15)
@@ -126,3 +129,44 @@ def test_fixtures_cover_every_option_that_changes_the_math() -> None:
     assert {1, 2, 4} <= seen["stride"]
     assert False in seen["use_log_trace"]
     assert sum(f.grad_fd is not None for f in FIXTURES) >= 8
+    masked = [f for f in FIXTURES if f.valid_mask is not None]
+    assert {f.options.get("downsampling_method", "max") for f in masked} == {
+        "max",
+        "avg",
+        "region-extraction",
+    }
+    assert any(f.grad_fd is not None for f in masked)
+
+
+def test_masking_a_rectangle_equals_cropping_to_it() -> None:
+    """The mask semantics, checked without the mask code: at stride 1 the windows of valid
+    pixels inside a rectangle are exactly the windows of the cropped image."""
+    rng = np.random.default_rng(7)
+    pred = rng.standard_normal((1, 2, 14, 13))
+    target = (rng.random(pred.shape) < 0.5).astype(np.float64)
+    mask = np.zeros((1, 14, 13), bool)
+    mask[0, 3:12, 2:9] = True
+    options = {"with_logits": True, "stride": 1}
+    masked = reference.dense_rmi_per_example(pred, target, valid_mask=mask, **options)
+    cropped = reference.dense_rmi_per_example(
+        pred[..., 3:12, 2:9], target[..., 3:12, 2:9], **options
+    )
+    np.testing.assert_allclose(masked, cropped, rtol=1e-12)
+
+
+def test_pooled_cell_is_masked_when_any_pixel_under_it_is() -> None:
+    rng = np.random.default_rng(8)
+    pred = rng.standard_normal((1, 1, 12, 12))
+    mask = np.ones((1, 12, 12), bool)
+    mask[0, 5, 5] = False  # stride 3, padding 1: pooled cell (2, 2) covers rows/cols 5-7
+    _, _, weights = reference.dense_regions(
+        pred,
+        pred,
+        with_logits=True,
+        radius=1,
+        downsampling_method="max",
+        stride=3,
+        valid_mask=mask,
+    )
+    cells = weights.reshape(4, 4)
+    assert cells[2, 2] == 0 and cells.sum() == 15

@@ -54,10 +54,16 @@ def test_float32_route_matches_reference(fixture: Fixture) -> None:
     assert relative_error(grad, grad64) < f32_grad_rtol(fixture)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES[:: max(1, len(FIXTURES) // 6)], ids=str)
+MODULE_CASES = (
+    FIXTURES[:: max(1, len(FIXTURES) // 6)] + [f for f in FIXTURES if f.valid_mask is not None][:1]
+)
+
+
+@pytest.mark.parametrize("fixture", MODULE_CASES, ids=str)
 def test_module_equals_functional(fixture: Fixture) -> None:
     pred = torch.tensor(fixture.pred)
     target = torch.tensor(fixture.target)
+    mask = fixture.mask_argument(torch.tensor)
     module = RMILoss(**fixture.options)
-    expected = rmi_loss(pred, target, **fixture.options)
-    assert torch.equal(module(pred, target), expected)
+    expected = rmi_loss(pred, target, **fixture.options, **mask)
+    assert torch.equal(module(pred, target, **mask), expected)

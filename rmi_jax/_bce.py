@@ -51,7 +51,18 @@ def _bce_logits_bwd(residuals, cotangent):
 _bce_logits.defvjp(_bce_logits_fwd, _bce_logits_bwd)
 
 
-def bce_per_example(pred: jnp.ndarray, target: jnp.ndarray, with_logits: bool) -> jnp.ndarray:
-    """Mean elementwise BCE over all but the leading (batch) axis: ``[N, ...] -> [N]``."""
+def bce_per_example(
+    pred: jnp.ndarray, target: jnp.ndarray, with_logits: bool, mask: jnp.ndarray | None = None
+) -> jnp.ndarray:
+    """Mean elementwise BCE over all but the leading (batch) axis: ``[N, ...] -> [N]``.
+
+    With a boolean ``mask`` (broadcastable to ``pred``) the mean is over its true entries only.
+    """
     elementwise = (_bce_logits if with_logits else _bce_probabilities)(pred, target)
-    return elementwise.reshape(elementwise.shape[0], -1).mean(axis=-1)
+    batch = elementwise.shape[0]
+    if mask is None:
+        return elementwise.reshape(batch, -1).mean(axis=-1)
+    mask = jnp.broadcast_to(mask, elementwise.shape).reshape(batch, -1)
+    summed = jnp.where(mask, elementwise.reshape(batch, -1), 0.0).sum(axis=-1)
+    # Counted in integers: a float32 count stops being exact at 2**24 elements.
+    return summed / jnp.count_nonzero(mask, axis=-1).astype(summed.dtype)

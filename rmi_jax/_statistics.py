@@ -20,6 +20,7 @@ in memory whole; the backward pass rebuilds it the same way.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -83,12 +84,20 @@ def _gradient_weights(r: jnp.ndarray, r_inv: jnp.ndarray, offset: float) -> jnp.
     return (r_inv * weight[..., None, :]) @ jnp.swapaxes(r_inv, -1, -2)
 
 
-def _joint_vectors(p_maps: jnp.ndarray, y_maps: jnp.ndarray, radius: int, step: int):
-    """Centred ``[P; Y]`` region vectors ``[..., 2d, L]`` of two ``[..., H, W]`` maps."""
+def _joint_vectors(p_maps, y_maps, window_weights, radius: int, step: int):
+    """Centred ``[P; Y]`` region vectors ``[..., 2d, L]`` of two ``[..., H, W]`` maps.
+
+    With ``window_weights`` (``[..., L]``, 0 or 1), windows of weight 0 leave the centring and
+    become zero columns, so they leave every covariance too; ``None`` keeps every window.
+    """
     z = jnp.concatenate(
         [region_vectors(p_maps, radius, step), region_vectors(y_maps, radius, step)], axis=-2
     )
-    return z - z.mean(axis=-1, keepdims=True)
+    if window_weights is None:
+        return z - z.mean(axis=-1, keepdims=True)
+    weights = window_weights[..., None, :]
+    mean = (z * weights).sum(axis=-1, keepdims=True) / weights.sum(axis=-1, keepdims=True)
+    return (z - mean) * weights
 
 
 def _chunk_size(num_maps: int, num_windows: int, radius: int, itemsize: int) -> int:
@@ -102,21 +111,23 @@ def _forward_chunk(maps, radius, step, epsilon, offset):
     return _trailing_log_diagonal(r, offset), _gradient_weights(r, r_inv, offset)
 
 
-def _map_chunks(function, maps: tuple[jnp.ndarray, ...], radius: int, step: int):
-    """``lax.map`` of ``function`` over the flattened leading axes, a cache-sized chunk a time."""
-    lead = maps[0].shape[:-2]
-    flat = tuple(m.reshape(-1, *m.shape[len(lead) :]) for m in maps)
-    height, width = flat[0].shape[-2:]
+def _map_chunks(function, arrays, radius: int, step: int, maps: jnp.ndarray):
+    """``lax.map`` of ``function`` over the flattened leading axes of ``arrays`` (a pytree whose
+    leaves share ``maps``' leading axes), a cache-sized chunk of ``maps`` at a time."""
+    lead = maps.shape[:-2]
+    flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[len(lead) :]), arrays)
+    height, width = maps.shape[-2:]
     windows = ((height - radius) // step + 1) * ((width - radius) // step + 1)
-    chunk = _chunk_size(flat[0].shape[0], windows, radius, flat[0].dtype.itemsize)
+    chunk = _chunk_size(math.prod(lead), windows, radius, maps.dtype.itemsize)
     outputs = jax.lax.map(function, flat, batch_size=chunk)
     return jax.tree.map(lambda x: x.reshape(*lead, *x.shape[1:]), outputs)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def region_log_det(
     p_maps: jnp.ndarray,
     y_maps: jnp.ndarray,
+    window_weights: jnp.ndarray | None,
     radius: int,
     step: int,
     epsilon: float,
@@ -125,28 +136,34 @@ def region_log_det(
     """``sum(log(diag(chol(M + eps I)) + offset))`` for each leading index of two maps.
 
     ``p_maps``, ``y_maps``: ``[..., H, W]`` (downsampled) probability and target maps, whose
-    ``radius x radius`` windows at spacing ``step`` are the region vectors. With ``offset = 0``
-    this is ``logdet(M + eps I) / 2``; the reference's "log trace" route uses ``offset = 1e-8``.
+    ``radius x radius`` windows at spacing ``step`` are the region vectors. ``window_weights``:
+    ``None``, or ``[..., L]`` 0/1 weights of those windows (0 drops a window from the statistics;
+    not differentiated). With ``offset = 0`` this is ``logdet(M + eps I) / 2``; the reference's
+    "log trace" route uses ``offset = 1e-8``.
     """
-    return _region_log_det_fwd(p_maps, y_maps, radius, step, epsilon, offset)[0]
+    return _region_log_det_fwd(p_maps, y_maps, window_weights, radius, step, epsilon, offset)[0]
 
 
-def _region_log_det_fwd(p_maps, y_maps, radius, step, epsilon, offset):
+def _region_log_det_fwd(p_maps, y_maps, window_weights, radius, step, epsilon, offset):
     function = partial(_forward_chunk, radius=radius, step=step, epsilon=epsilon, offset=offset)
-    value, weights = _map_chunks(function, (p_maps, y_maps), radius, step)
-    return value, (p_maps, y_maps, weights)
+    maps = (p_maps, y_maps, window_weights)
+    value, weights = _map_chunks(function, maps, radius, step, p_maps)
+    return value, (maps, weights)
 
 
 def _region_log_det_bwd(radius, step, epsilon, offset, residuals, cotangent):
     del epsilon, offset
-    p_maps, y_maps, weights = residuals
+    maps, weights = residuals
 
     def chunk(args):
-        p, y, w, g = args
-        z, pullback = jax.vjp(partial(_joint_vectors, radius=radius, step=step), p, y)
+        (p, y, window_weights), w, g = args
+        joint_vectors = partial(_joint_vectors, radius=radius, step=step)
+        z, pullback = jax.vjp(lambda p, y: joint_vectors(p, y, window_weights), p, y)
         return pullback((2.0 * g[..., None, None]) * (w @ z))
 
-    return _map_chunks(chunk, (p_maps, y_maps, weights, cotangent), radius, step)
+    d_p, d_y = _map_chunks(chunk, (maps, weights, cotangent), radius, step, maps[0])
+    window_weights = maps[2]
+    return d_p, d_y, None if window_weights is None else jnp.zeros_like(window_weights)
 
 
 region_log_det.defvjp(_region_log_det_fwd, _region_log_det_bwd)

@@ -178,3 +178,19 @@ def region_vectors(x: jnp.ndarray, radius: int, step: int) -> jnp.ndarray:
         for j in range(radius)
     ]
     return jnp.stack(shifted, axis=-3).reshape(*x.shape[:-2], radius * radius, rows * cols)
+
+
+def downsample_validity(valid: jnp.ndarray, method: str, stride: int, axes: Axes | None = None):
+    """Which downsampled cells of a boolean pixel mask are valid: those whose pooling window
+    holds no masked pixel (padding is not a pixel). Region extraction keeps the pixels."""
+    if stride == 1 or method == "region-extraction":
+        return valid
+    masked = downsample(jnp.logical_not(valid).astype(jnp.float32), "max", stride, axes)
+    return masked == 0
+
+
+def window_weights(valid_cells: jnp.ndarray, radius: int, step: int, dtype) -> jnp.ndarray:
+    """``[..., h, w]`` booleans -> ``[..., L]``: 1 for the region windows (in
+    :func:`region_vectors` order) made of valid cells only, 0 for those touching a masked one."""
+    masked = jnp.logical_not(valid_cells).astype(dtype)
+    return 1.0 - region_vectors(masked, radius, step).max(axis=-2)

@@ -7,6 +7,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from rmi_jax._bce import bce_per_example
@@ -14,9 +15,11 @@ from rmi_jax._statistics import region_log_det
 from rmi_jax._windows import (
     DOWNSAMPLING_METHODS,
     downsample,
+    downsample_validity,
     map_size_after_downsampling,
     minimum_input_size,
     window_step,
+    window_weights,
 )
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -41,6 +44,7 @@ def rmi_loss(
     epsilon: float = 5e-4,
     channel_axis: int = -1,
     reduction: Reduction = "mean",
+    valid_mask: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Region Mutual Information loss (Zhao et al., 2019) with a weighted BCE term.
 
@@ -79,6 +83,13 @@ def rmi_loss(
       epsilon: the ridge added to both covariance matrices.
       channel_axis: axis of ``pred`` holding the classes (``-1`` NHWC, ``1`` NCHW).
       reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"``.
+      valid_mask: optional boolean mask, the shape of ``pred`` without its channel axis
+        (``[N, H, W]``); ``False`` marks pixels to leave out (unlabelled, padding). Masked pixels
+        leave the BCE mean, and every region window touching one (after downsampling, a pooled
+        cell is masked if any pixel under it is) leaves the statistics: centring and
+        covariances use the remaining windows only. Their values never matter. Each example
+        needs one window free of masked pixels: that is checked (``ValueError``) when the mask
+        is concrete; a traced mask (under ``jit`` or ``vmap``) without one gives NaN.
 
     Returns:
       A scalar for ``"mean"`` and ``"sum"``, per-example losses of shape ``[N]`` for
@@ -98,6 +109,7 @@ def rmi_loss(
       NeurIPS 2019. https://arxiv.org/abs/1910.12037
     """
     pred, target = jnp.asarray(pred), jnp.asarray(target)
+    mask = None if valid_mask is None else jnp.asarray(valid_mask)
     _validate_options(
         with_logits=with_logits,
         radius=radius,
@@ -117,6 +129,8 @@ def rmi_loss(
         stride=stride,
         channel_axis=channel_axis,
     )
+    if mask is not None:
+        _validate_mask(mask, pred.shape, channel_axis)
     # Elementwise work (BCE, sigmoid, pooling) in the input precision but at least float32, as the
     # reference does; statistics in float32 unless float64 was asked for or given.
     work_dtype = jnp.promote_types(pred.dtype, jnp.float32)
@@ -126,10 +140,25 @@ def rmi_loss(
     # no transposed copy of the inputs is ever made.
     channel_axis %= pred.ndim
     spatial_axes = tuple(a for a in range(1, pred.ndim) if a != channel_axis)
+    pixel_mask = window_mask = None
+    if mask is not None:
+        pixel_mask = jnp.expand_dims(mask, channel_axis)  # broadcasts against pred
+        # Masked values must not matter, not even as NaN times a zero weight.
+        pred = jnp.where(pixel_mask, pred, 0.0)
+        target = jnp.where(pixel_mask, target, 0.0)
+        window_mask = masked_window_weights(
+            mask,
+            "valid_mask",
+            radius=radius,
+            method=downsampling_method,
+            stride=stride,
+            dtype=stats_dtype,
+        )
 
     per_example = jnp.zeros(pred.shape[0], stats_dtype)
     if bce_weight != 0:
-        per_example += bce_weight * bce_per_example(pred, target, with_logits).astype(stats_dtype)
+        bce = bce_per_example(pred, target, with_logits, pixel_mask)
+        per_example += bce_weight * bce.astype(stats_dtype)
     if bce_weight != 1:
         if with_logits and downsampling_method == "max":
             # The sigmoid is increasing, so it commutes with max pooling: pooling the logits first
@@ -147,6 +176,7 @@ def rmi_loss(
             offset=CHOLESKY_LOG_OFFSET if use_log_trace else 0.0,
             epsilon=epsilon,
             dtype=stats_dtype,
+            window_weights=window_mask,
         )
         per_example += (1.0 - bce_weight) * lower_bound.sum(axis=1)
     return _reduce(per_example, reduction)
@@ -162,6 +192,7 @@ def _rmi_lower_bound(
     offset: float,
     epsilon: float,
     dtype: jnp.dtype,
+    window_weights: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """``0.5 logdet(M + eps I) / d`` per example and class, ``[N, C, H, W] -> [N, C]``."""
     return _lower_bound_of_maps(
@@ -172,6 +203,7 @@ def _rmi_lower_bound(
         offset=offset,
         epsilon=epsilon,
         dtype=dtype,
+        window_weights=window_weights,
     )
 
 
@@ -184,13 +216,43 @@ def _lower_bound_of_maps(
     offset: float,
     epsilon: float,
     dtype: jnp.dtype,
+    window_weights: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
-    """The lower bound from already downsampled maps, windows every ``step`` pixels."""
+    """The lower bound from already downsampled maps, windows every ``step`` pixels.
+
+    ``window_weights``: ``None`` or ``[N, L]`` 0/1 weights of the windows, shared by the classes.
+    """
+    if window_weights is not None:
+        window_weights = jnp.broadcast_to(
+            window_weights[:, None], (*p_maps.shape[:2], window_weights.shape[-1])
+        )
     # 0.5 * logdet = sum(log(diag(chol))), so the 0.5 and the 2 of the reference cancel.
     log_det = region_log_det(
-        p_maps.astype(dtype), y_maps.astype(dtype), radius, step, epsilon, offset
+        p_maps.astype(dtype), y_maps.astype(dtype), window_weights, radius, step, epsilon, offset
     )
     return log_det / (radius * radius)
+
+
+def masked_window_weights(
+    mask: jnp.ndarray, name: str, *, radius: int, method: str, stride: int, dtype
+) -> jnp.ndarray:
+    """``[N, H, W]`` pixel mask -> ``[N, L]`` 0/1 weights of the region windows it leaves whole.
+
+    Raises if a concrete ``mask`` (called ``name`` in the message) leaves an example without
+    any window; a traced one cannot be checked.
+    """
+    cells = downsample_validity(mask, method, stride)
+    weights = window_weights(cells, radius, window_step(method, stride), dtype)
+    if not isinstance(weights, jax.core.Tracer):
+        empty = np.flatnonzero(np.asarray(weights).sum(axis=-1) == 0)
+        if empty.size:
+            raise ValueError(
+                f"{name} leaves example(s) {empty.tolist()} without a region window: every "
+                f"{radius}x{radius} window of the downsampled map (downsampling_method="
+                f"{method!r}, stride={stride}) touches a masked pixel; each example needs at "
+                f"least one window of valid pixels"
+            )
+    return weights
 
 
 def _reduce(per_example: jnp.ndarray, reduction: str) -> jnp.ndarray:
@@ -271,6 +333,18 @@ def _validate_options(
             "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1) before calling, "
             "or use the default float32 route, which is accurate without it"
         )
+
+
+def _validate_mask(mask: jnp.ndarray, pred_shape: tuple[int, ...], channel_axis: int) -> None:
+    """``valid_mask`` must be boolean with the shape of ``pred`` minus its channel axis."""
+    expected = tuple(size for i, size in enumerate(pred_shape) if i != channel_axis % 4)
+    if mask.shape != expected:
+        raise ValueError(
+            f"valid_mask must have the shape of pred without its channel axis {expected} "
+            f"(pred {pred_shape}, channel_axis={channel_axis}), got shape {mask.shape}"
+        )
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"valid_mask must have dtype bool, got {mask.dtype}")
 
 
 def _validate_arrays(

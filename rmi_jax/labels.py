@@ -12,9 +12,11 @@ from rmi_jax._windows import map_size_after_downsampling, minimum_input_size
 from rmi_jax.api import (
     CHOLESKY_LOG_OFFSET,
     _channels_first_shape,
+    _require_bool,
     _require_int,
     _require_real,
     _rmi_lower_bound,
+    masked_window_weights,
 )
 
 # What each ``rmi_pool_way`` does, and the dense semantics' name for the two poolings.
@@ -41,6 +43,7 @@ def rmi_loss_from_labels(
     lambda_way: int = 1,
     ignore_index: int = 255,
     channel_axis: int = -1,
+    exclude_ignored: bool = False,
 ) -> jax.Array:
     r"""RMI loss of logits against an integer label map, as in the RMI paper authors' code.
 
@@ -57,7 +60,8 @@ def rmi_loss_from_labels(
     :func:`rmi_jax.rmi_loss`), :math:`d = R^2` and :math:`\epsilon = 5 \cdot 10^{-4}`. The loss is
     :math:`\lambda \mathrm{BCE} + (1 - \lambda) \mathrm{RMI}` (``lambda_way=1``) or
     :math:`\mathrm{BCE} + \lambda \mathrm{RMI}` (``lambda_way=0``). Ignored pixels still count
-    as points of the region statistics, as in the authors' code. The value can be negative.
+    as points of the region statistics, as in the authors' code, unless ``exclude_ignored``.
+    The value can be negative.
 
     Args:
       logits: ``[N, H, W, C]`` by default (``[N, C, H, W]`` with ``channel_axis=1``); any
@@ -75,6 +79,11 @@ def rmi_loss_from_labels(
       lambda_way: how :math:`\lambda` combines the two terms (1 or 0, see above).
       ignore_index: a label value to ignore besides those outside ``[0, num_classes)``.
       channel_axis: axis of ``logits`` holding the classes (``-1`` NHWC, ``1`` NCHW).
+      exclude_ignored: leave out of the statistics every region window that touches an ignored
+        pixel (after downsampling: a cell is ignored if any pixel it is pooled or resized from
+        is), instead of counting ignored pixels as zero points; centring and covariances use
+        the remaining windows. Each example needs one such window: checked (``ValueError``)
+        for concrete labels; traced labels (under ``jit``) without one give NaN.
 
     Returns:
       The scalar loss: float32, or float64 for float64 logits (the dtype of the statistics).
@@ -104,6 +113,7 @@ def rmi_loss_from_labels(
         loss_weight_lambda=loss_weight_lambda,
         lambda_way=lambda_way,
         ignore_index=ignore_index,
+        exclude_ignored=exclude_ignored,
     )
     _validate_label_arrays(
         logits,
@@ -128,7 +138,12 @@ def rmi_loss_from_labels(
     if rmi_weight != 0:
         probabilities = jax.nn.sigmoid(logits) * valid[:, None] + PROBABILITY_OFFSET
         loss += rmi_weight * label_rmi_term(
-            probabilities, target, radius=rmi_radius, pool_way=rmi_pool_way, stride=rmi_pool_stride
+            probabilities,
+            target,
+            valid if exclude_ignored else None,
+            radius=rmi_radius,
+            pool_way=rmi_pool_way,
+            stride=rmi_pool_stride,
         )
     return loss
 
@@ -152,18 +167,36 @@ def masked_bce(logits: jnp.ndarray, target: jnp.ndarray, valid: jnp.ndarray) -> 
 
 
 def label_rmi_term(
-    probabilities: jnp.ndarray, target: jnp.ndarray, *, radius: int, pool_way: int, stride: int
+    probabilities: jnp.ndarray,
+    target: jnp.ndarray,
+    valid: jnp.ndarray | None,
+    *,
+    radius: int,
+    pool_way: int,
+    stride: int,
 ) -> jnp.ndarray:
     """Per class the batch mean of ``0.5 logdet(M + eps I) / d``, summed over classes.
 
-    ``probabilities`` and ``target`` are ``[N, C, H, W]`` at full resolution.
+    ``probabilities`` and ``target`` are ``[N, C, H, W]`` at full resolution. ``valid``: ``None``
+    (every window counts) or the ``[N, H, W]`` mask whose invalid pixels' windows leave.
     """
     method = _POOLING_METHODS.get(pool_way, "max")
+    window_mask = None
     if pool_way == 2 and stride > 1:
         size = (probabilities.shape[2] // stride, probabilities.shape[3] // stride)
         probabilities = resize_bilinear_corners(probabilities, size)
         target = resize_nearest(target, size)
+        valid = None if valid is None else resize_validity(valid, size)
         stride = 1  # downsampled already: no pooling left to do
+    if valid is not None:
+        window_mask = masked_window_weights(
+            valid,
+            "labels (with exclude_ignored=True)",
+            radius=radius,
+            method=method,
+            stride=stride,
+            dtype=probabilities.dtype,
+        )
     lower_bound = _rmi_lower_bound(
         probabilities,
         target,
@@ -173,6 +206,7 @@ def label_rmi_term(
         offset=CHOLESKY_LOG_OFFSET,
         epsilon=EPSILON,
         dtype=probabilities.dtype,
+        window_weights=window_mask,
     )
     return lower_bound.mean(axis=0).sum()
 
@@ -212,6 +246,19 @@ def _resize_axis_linear(x: jnp.ndarray, axis: int, size_out: int) -> jnp.ndarray
     # Two gathers and a blend, not an interpolation matrix: no matmul, so no reduced-precision
     # (TF32/bf16) accelerator kernels, and the cost stays linear in the map size.
     return jnp.take(x, lower, axis=axis) * (1.0 - weight) + jnp.take(x, upper, axis=axis) * weight
+
+
+def resize_validity(valid: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+    """Which cells of the resized maps come from valid pixels only: the nearest-neighbour
+    source and every bilinear tap of nonzero weight must be valid."""
+    for axis, size_out in zip((-2, -1), size, strict=True):
+        lower, upper, weight = _corner_aligned_taps(valid.shape[axis], size_out)
+        nearest = nearest_source_indices(valid.shape[axis], size_out)
+        upper_used = jnp.take(valid, upper, axis=axis) | jnp.asarray(weight == 0).reshape(
+            (-1, 1) if axis == -2 else (-1,)
+        )
+        valid = jnp.take(valid, lower, axis=axis) & upper_used & jnp.take(valid, nearest, axis=axis)
+    return valid
 
 
 def resize_bilinear_corners(maps: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
@@ -255,6 +302,7 @@ def _validate_label_options(
     loss_weight_lambda: object,
     lambda_way: object,
     ignore_index: object,
+    exclude_ignored: object,
 ) -> None:
     """Check the Python-valued options (static, so free under ``jit``)."""
     _require_int("num_classes", num_classes, 1)
@@ -272,6 +320,7 @@ def _validate_label_options(
         raise ValueError(f"loss_weight_lambda must be in [0, 1], got {loss_weight_lambda}")
     _require_choice("lambda_way", lambda_way, LAMBDA_WAYS)
     _require_int("ignore_index", ignore_index, _SMALLEST_LABEL)
+    _require_bool("exclude_ignored", exclude_ignored)
 
 
 def _validate_label_arrays(

@@ -36,19 +36,35 @@ class _ProbabilityBCE(torch.autograd.Function):
 
 
 def bce_term(
-    input: torch.Tensor, target: torch.Tensor, with_logits: bool, per_example: bool
+    input: torch.Tensor,
+    target: torch.Tensor,
+    with_logits: bool,
+    per_example: bool,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean elementwise BCE: per example (``[N]``) or over everything (a scalar).
 
     Every example has the same number of elements, so the scalar is the mean of the per-example
     values; with logits it is one fused kernel with no full-size output, which is why it is
-    preferred whenever the caller reduces over the batch anyway.
+    preferred whenever the caller reduces over the batch anyway. With a boolean ``mask``
+    (broadcastable to ``input``) each example's mean is over its true entries only, and the
+    scalar is the mean of those per-example means.
     """
+    if mask is not None:
+        elementwise = _elementwise(input, target, with_logits)
+        mask = mask.expand_as(elementwise).flatten(1)
+        summed = torch.where(mask, elementwise.flatten(1), 0.0).sum(dim=1)
+        per_example_mean = summed / mask.sum(dim=1)
+        return per_example_mean if per_example else per_example_mean.mean()
     if not with_logits:
         elementwise = _ProbabilityBCE.apply(input, target)
         return elementwise.flatten(1).mean(dim=1) if per_example else elementwise.mean()
     if per_example:
-        return (
-            F.binary_cross_entropy_with_logits(input, target, reduction="none").flatten(1).mean(1)
-        )
+        return _elementwise(input, target, with_logits).flatten(1).mean(1)
     return F.binary_cross_entropy_with_logits(input, target, reduction="mean")
+
+
+def _elementwise(input: torch.Tensor, target: torch.Tensor, with_logits: bool) -> torch.Tensor:
+    if with_logits:
+        return F.binary_cross_entropy_with_logits(input, target, reduction="none")
+    return _ProbabilityBCE.apply(input, target)

@@ -22,9 +22,17 @@ from torch.autograd.function import once_differentiable
 _SHIFT_ROUNDING_UNITS = 1.0
 
 
-def centre(z: torch.Tensor) -> torch.Tensor:
-    """Subtract from each region-vector component its mean over the windows (last axis)."""
-    return z - z.mean(dim=-1, keepdim=True)
+def centre(z: torch.Tensor, window_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Subtract from each region-vector component its mean over the windows (last axis).
+
+    With ``window_weights`` (``[..., L]``, 0 or 1), windows of weight 0 leave the mean and
+    become zero columns, so they leave every covariance too.
+    """
+    if window_weights is None:
+        return z - z.mean(dim=-1, keepdim=True)
+    weights = window_weights.unsqueeze(-2)
+    mean = (z * weights).sum(dim=-1, keepdim=True) / weights.sum(dim=-1, keepdim=True)
+    return (z - mean) * weights
 
 
 def _upper_cholesky(gram: torch.Tensor) -> torch.Tensor:

@@ -46,3 +46,20 @@ def region_vectors(x: torch.Tensor, radius: int, step: int) -> torch.Tensor:
     """All ``radius x radius`` windows inside ``x``, as ``[N, C, radius**2, L]`` (unfold order)."""
     vectors = F.unfold(x, kernel_size=radius, stride=step)
     return vectors.view(*x.shape[:2], radius * radius, -1)
+
+
+def downsample_validity(valid: torch.Tensor, method: str, stride: int) -> torch.Tensor:
+    """Which downsampled cells of a boolean ``[N, H, W]`` pixel mask are valid: those whose
+    pooling window holds no masked pixel (padding is not a pixel). Region extraction keeps the
+    pixels."""
+    if stride == 1 or method == "region-extraction":
+        return valid
+    masked = downsample((~valid).unsqueeze(1).float(), "max", stride).squeeze(1)
+    return masked == 0
+
+
+def window_weights(valid_cells: torch.Tensor, radius: int, step: int, dtype) -> torch.Tensor:
+    """``[N, h, w]`` booleans -> ``[N, L]``: 1 for the region windows (in :func:`region_vectors`
+    order) made of valid cells only, 0 for those touching a masked one."""
+    masked = (~valid_cells).unsqueeze(1).to(dtype)
+    return 1.0 - F.max_pool2d(masked, kernel_size=radius, stride=step).flatten(1)

@@ -13,10 +13,12 @@ from rmi_torch._statistics import centre, conditional_log_det
 from rmi_torch._windows import (
     DOWNSAMPLING_METHODS,
     downsample,
+    downsample_validity,
     map_size_after_downsampling,
     minimum_input_size,
     region_vectors,
     window_step,
+    window_weights,
 )
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -40,6 +42,7 @@ def rmi_loss(
     use_double_precision: bool = True,
     epsilon: float = 5e-4,
     reduction: Reduction = "mean",
+    valid_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Region Mutual Information loss (Zhao et al., 2019) with a weighted BCE term.
 
@@ -69,6 +72,11 @@ def rmi_loss(
       use_double_precision: compute the statistics in float64 (float64 inputs always are).
       epsilon: the ridge added to both covariance matrices.
       reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"``.
+      valid_mask: optional boolean ``[N, H, W]`` mask; ``False`` marks pixels to leave out
+        (unlabelled, padding). Masked pixels leave the BCE mean, and every region window
+        touching one (after downsampling, a pooled cell is masked if any pixel under it is)
+        leaves the statistics: centring and covariances use the remaining windows only. Their
+        values never matter. An example without a window of valid pixels is a ``ValueError``.
 
     Returns:
       A scalar for ``"mean"``/``"sum"``, ``[N]`` for ``"none"``; float64 when the statistics
@@ -97,15 +105,31 @@ def rmi_loss(
         reduction=reduction,
     )
     _validate_tensors(input, target, radius=radius, method=downsampling_method, stride=stride)
+    if valid_mask is not None:
+        _validate_mask(valid_mask, input.shape)
     # Elementwise work (BCE, sigmoid, pooling) in the input precision but at least float32, as the
     # reference does; statistics in float32 unless float64 was asked for or given.
     work_dtype = torch.promote_types(input.dtype, torch.float32)
     stats_dtype = torch.float64 if use_double_precision else work_dtype
     input, target = input.to(work_dtype), target.to(work_dtype)
+    pixel_mask = window_mask = None
+    if valid_mask is not None:
+        pixel_mask = valid_mask.unsqueeze(1)  # broadcasts against input
+        # Masked values must not matter, not even as NaN times a zero weight.
+        input = torch.where(pixel_mask, input, 0.0)
+        target = torch.where(pixel_mask, target, 0.0)
+        window_mask = masked_window_weights(
+            valid_mask,
+            "valid_mask",
+            radius=radius,
+            method=downsampling_method,
+            stride=stride,
+            dtype=stats_dtype,
+        )
 
     per_example = torch.zeros(input.shape[0], dtype=stats_dtype, device=input.device)
     if bce_weight != 0:
-        bce = bce_term(input, target, with_logits, per_example=reduction == "none")
+        bce = bce_term(input, target, with_logits, reduction == "none", pixel_mask)
         per_example = per_example + bce_weight * bce  # a scalar broadcasts for "mean" and "sum"
     if bce_weight != 1:
         if with_logits and downsampling_method == "max":
@@ -123,6 +147,7 @@ def rmi_loss(
             offset=CHOLESKY_LOG_OFFSET if use_log_trace else 0.0,
             epsilon=epsilon,
             dtype=stats_dtype,
+            window_weights=window_mask,
         )
         per_example = per_example + (1.0 - bce_weight) * lower_bound.sum(dim=1)
     return _reduce(per_example, reduction)
@@ -132,7 +157,8 @@ class RMILoss(nn.Module):
     """Region Mutual Information loss as a module: a drop-in for ``rmi.RMILoss``.
 
     Same constructor (positional order, names, defaults) as the ``rmi-pytorch`` package, plus
-    ``reduction``. ``forward(input, target)`` takes NCHW tensors; see :func:`rmi_loss`.
+    ``reduction``. ``forward(input, target, valid_mask=None)`` takes NCHW tensors; see
+    :func:`rmi_loss`.
 
     Example:
       >>> import torch
@@ -177,10 +203,14 @@ class RMILoss(nn.Module):
         self.epsilon = epsilon
         self.reduction = reduction
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, valid_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss of ``input`` against ``target``, optionally over ``valid_mask`` pixels only."""
         return rmi_loss(
             input,
             target,
+            valid_mask=valid_mask,
             with_logits=self.with_logits,
             radius=self.radius,
             bce_weight=self.bce_weight,
@@ -212,6 +242,7 @@ def _rmi_lower_bound(
     offset: float,
     epsilon: float,
     dtype: torch.dtype,
+    window_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``0.5 logdet(M + eps I) / d`` per example and class, ``[N, C, H, W] -> [N, C]``."""
     return _lower_bound_of_maps(
@@ -222,6 +253,7 @@ def _rmi_lower_bound(
         offset=offset,
         epsilon=epsilon,
         dtype=dtype,
+        window_weights=window_weights,
     )
 
 
@@ -234,24 +266,52 @@ def _lower_bound_of_maps(
     offset: float,
     epsilon: float,
     dtype: torch.dtype,
+    window_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The lower bound from already downsampled maps, windows every ``step`` pixels.
 
+    ``window_weights``: ``None`` or ``[N, L]`` 0/1 weights of the windows, shared by the classes.
     Autocast is switched off here: it would run the matrix products in bfloat16 or float16,
     which cannot carry the ``eps``-sized signal; the statistics stay in ``dtype``.
     """
     with torch.autocast(p_maps.device.type, enabled=False):
-        return _lower_bound_in_dtype(p_maps, y_maps, radius, step, offset, epsilon, dtype)
+        return _lower_bound_in_dtype(
+            p_maps, y_maps, radius, step, offset, epsilon, dtype, window_weights
+        )
 
 
-def _lower_bound_in_dtype(p_maps, y_maps, radius, step, offset, epsilon, dtype) -> torch.Tensor:
+def _lower_bound_in_dtype(
+    p_maps, y_maps, radius, step, offset, epsilon, dtype, window_weights
+) -> torch.Tensor:
     # Interleave the two maps per class, so that one unfold yields each class's P rows followed
     # by its Y rows: [N, C, 2, h, w] -> [N, C, 2d, L].
     pairs = torch.stack([p_maps, y_maps], dim=2).flatten(1, 2).to(dtype)
     vectors = region_vectors(pairs, radius, step).unflatten(1, (p_maps.shape[1], 2))
-    joint = centre(vectors.flatten(2, 3))
+    if window_weights is not None:
+        window_weights = window_weights.unsqueeze(1)  # the same windows for every class
+    joint = centre(vectors.flatten(2, 3), window_weights)
     # 0.5 * logdet = sum(log(diag(chol))), so the 0.5 and the 2 of the reference cancel.
     return conditional_log_det(joint, epsilon, offset) / (radius * radius)
+
+
+def masked_window_weights(
+    mask: torch.Tensor, name: str, *, radius: int, method: str, stride: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``[N, H, W]`` pixel mask -> ``[N, L]`` 0/1 weights of the region windows it leaves whole.
+
+    Raises if ``mask`` (called ``name`` in the message) leaves an example without any window.
+    """
+    cells = downsample_validity(mask, method, stride)
+    weights = window_weights(cells, radius, window_step(method, stride), dtype)
+    empty = torch.nonzero(weights.sum(dim=-1) == 0).flatten()
+    if empty.numel():
+        raise ValueError(
+            f"{name} leaves example(s) {empty.tolist()} without a region window: every "
+            f"{radius}x{radius} window of the downsampled map (downsampling_method="
+            f"{method!r}, stride={stride}) touches a masked pixel; each example needs at "
+            f"least one window of valid pixels"
+        )
+    return weights
 
 
 def _reduce(per_example: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -320,6 +380,20 @@ def _validate_options(
 def _dtype_name(dtype: torch.dtype) -> str:
     """``"float32"`` rather than ``"torch.float32"``: the messages read as in the JAX backend."""
     return str(dtype).removeprefix("torch.")
+
+
+def _validate_mask(mask: object, input_shape: torch.Size) -> None:
+    """``valid_mask`` must be a boolean tensor with the shape of ``input`` minus its channels."""
+    expected = (input_shape[0], *input_shape[2:])
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"valid_mask must be a torch.Tensor, got {type(mask).__name__}")
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"valid_mask must have the shape of input without its channel axis {expected} "
+            f"(input {tuple(input_shape)}), got shape {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        raise TypeError(f"valid_mask must have dtype bool, got {_dtype_name(mask.dtype)}")
 
 
 def _validate_tensors(

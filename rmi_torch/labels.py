@@ -14,6 +14,7 @@ from rmi_torch.api import (
     _require_int,
     _require_real,
     _rmi_lower_bound,
+    masked_window_weights,
 )
 
 # What each ``rmi_pool_way`` does, and the dense semantics' name for the two poolings.
@@ -40,6 +41,7 @@ def rmi_loss_from_labels(
     lambda_way: int = 1,
     ignore_index: int = 255,
     use_double_precision: bool = True,
+    exclude_ignored: bool = False,
 ) -> torch.Tensor:
     r"""RMI loss of logits against an integer label map, as in the RMI paper authors' code.
 
@@ -53,7 +55,8 @@ def rmi_loss_from_labels(
     :math:`d = R^2`, :math:`\epsilon = 5 \cdot 10^{-4}`. The loss is
     :math:`\lambda \mathrm{BCE} + (1 - \lambda) \mathrm{RMI}` (``lambda_way=1``) or
     :math:`\mathrm{BCE} + \lambda \mathrm{RMI}` (``lambda_way=0``). Ignored pixels still count
-    as points of the region statistics, as in the authors' code. The value can be negative.
+    as points of the region statistics, as in the authors' code, unless ``exclude_ignored``.
+    The value can be negative.
 
     Args:
       logits: ``[N, C, H, W]``, floating dtype.
@@ -72,6 +75,10 @@ def rmi_loss_from_labels(
       use_double_precision: region statistics in float64, as the authors' code computes them;
         ``False`` keeps them in float32 (accurate too: see :func:`rmi_loss`). float64 logits are
         always computed in float64.
+      exclude_ignored: leave out of the statistics every region window that touches an ignored
+        pixel (after downsampling: a cell is ignored if any pixel it is pooled or resized from
+        is), instead of counting ignored pixels as zero points; centring and covariances use
+        the remaining windows. An example without such a window is a ``ValueError``.
 
     Returns:
       The scalar loss, float64 when the statistics run in float64, else float32.
@@ -98,6 +105,7 @@ def rmi_loss_from_labels(
         lambda_way=lambda_way,
         ignore_index=ignore_index,
         use_double_precision=use_double_precision,
+        exclude_ignored=exclude_ignored,
     )
     _validate_label_tensors(
         logits,
@@ -125,6 +133,7 @@ def rmi_loss_from_labels(
         loss = loss + rmi_weight * label_rmi_term(
             probabilities,
             target,
+            valid if exclude_ignored else None,
             radius=rmi_radius,
             pool_way=rmi_pool_way,
             stride=rmi_pool_stride,
@@ -136,9 +145,9 @@ def rmi_loss_from_labels(
 class LabelRMILoss(nn.Module):
     """RMI loss from label maps as a module, with the constructor of the authors' ``RMILoss``.
 
-    Same option names, order and defaults as the paper authors' code, plus ``ignore_index``
-    and ``use_double_precision``. ``forward(logits, labels)`` takes ``[N, C, H, W]`` logits and
-    ``[N, H, W]`` integer labels; see :func:`rmi_loss_from_labels`.
+    Same option names, order and defaults as the paper authors' code, plus ``ignore_index``,
+    ``use_double_precision`` and ``exclude_ignored``. ``forward(logits, labels)`` takes
+    ``[N, C, H, W]`` logits and ``[N, H, W]`` integer labels; see :func:`rmi_loss_from_labels`.
 
     Example:
       >>> import torch
@@ -160,6 +169,7 @@ class LabelRMILoss(nn.Module):
         lambda_way: int = 1,
         ignore_index: int = 255,
         use_double_precision: bool = True,
+        exclude_ignored: bool = False,
     ) -> None:
         super().__init__()
         _validate_label_options(
@@ -172,6 +182,7 @@ class LabelRMILoss(nn.Module):
             lambda_way=lambda_way,
             ignore_index=ignore_index,
             use_double_precision=use_double_precision,
+            exclude_ignored=exclude_ignored,
         )
         self.num_classes = num_classes
         self.rmi_radius = rmi_radius
@@ -182,6 +193,7 @@ class LabelRMILoss(nn.Module):
         self.lambda_way = lambda_way
         self.ignore_index = ignore_index
         self.use_double_precision = use_double_precision
+        self.exclude_ignored = exclude_ignored
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return rmi_loss_from_labels(
@@ -196,6 +208,7 @@ class LabelRMILoss(nn.Module):
             lambda_way=self.lambda_way,
             ignore_index=self.ignore_index,
             use_double_precision=self.use_double_precision,
+            exclude_ignored=self.exclude_ignored,
         )
 
     def extra_repr(self) -> str:
@@ -204,7 +217,8 @@ class LabelRMILoss(nn.Module):
             f"rmi_pool_way={self.rmi_pool_way}, rmi_pool_size={self.rmi_pool_size}, "
             f"rmi_pool_stride={self.rmi_pool_stride}, "
             f"loss_weight_lambda={self.loss_weight_lambda}, lambda_way={self.lambda_way}, "
-            f"ignore_index={self.ignore_index}, use_double_precision={self.use_double_precision}"
+            f"ignore_index={self.ignore_index}, use_double_precision={self.use_double_precision}, "
+            f"exclude_ignored={self.exclude_ignored}"
         )
 
 
@@ -229,6 +243,7 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) 
 def label_rmi_term(
     probabilities: torch.Tensor,
     target: torch.Tensor,
+    valid: torch.Tensor | None,
     *,
     radius: int,
     pool_way: int,
@@ -238,14 +253,26 @@ def label_rmi_term(
     """Per class the batch mean of ``0.5 logdet(M + eps I) / d``, summed over classes.
 
     ``probabilities`` and ``target`` are ``[N, C, H, W]`` at full resolution; the statistics
-    run in ``dtype``.
+    run in ``dtype``. ``valid``: ``None`` (every window counts) or the ``[N, H, W]`` mask whose
+    invalid pixels' windows leave.
     """
     method = _POOLING_METHODS.get(pool_way, "max")
+    window_mask = None
     if pool_way == 2 and stride > 1:
         size = (probabilities.shape[2] // stride, probabilities.shape[3] // stride)
         probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=True)
         target = F.interpolate(target, size=size, mode="nearest")
+        valid = None if valid is None else resize_validity(valid, size)
         stride = 1  # downsampled already: no pooling left to do
+    if valid is not None:
+        window_mask = masked_window_weights(
+            valid,
+            "labels (with exclude_ignored=True)",
+            radius=radius,
+            method=method,
+            stride=stride,
+            dtype=dtype,
+        )
     lower_bound = _rmi_lower_bound(
         probabilities,
         target,
@@ -255,8 +282,22 @@ def label_rmi_term(
         offset=CHOLESKY_LOG_OFFSET,
         epsilon=EPSILON,
         dtype=dtype,
+        window_weights=window_mask,
     )
     return lower_bound.mean(dim=0).sum()
+
+
+def resize_validity(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Which cells of the resized maps come from valid pixels only: the nearest-neighbour
+    source and every bilinear tap of nonzero weight must be valid.
+
+    A tap of nonzero weight on a masked pixel leaves a nonzero bilinear resize of the masked
+    indicator, whose nonnegative weights cannot cancel; the nearest source is read directly.
+    """
+    masked = (~valid).unsqueeze(1).double()
+    bilinear = F.interpolate(masked, size=size, mode="bilinear", align_corners=True)
+    nearest = F.interpolate(masked, size=size, mode="nearest")
+    return ((bilinear + nearest) == 0).squeeze(1)
 
 
 def label_map_size(size: int, pool_way: int, stride: int) -> int:
@@ -291,6 +332,7 @@ def _validate_label_options(
     lambda_way: object,
     ignore_index: object,
     use_double_precision: object,
+    exclude_ignored: object,
 ) -> None:
     """Check the Python-valued options (also run by ``LabelRMILoss.__init__``)."""
     _require_int("num_classes", num_classes, 1)
@@ -309,6 +351,7 @@ def _validate_label_options(
     _require_choice("lambda_way", lambda_way, LAMBDA_WAYS)
     _require_int("ignore_index", ignore_index, _SMALLEST_LABEL)
     _require_bool("use_double_precision", use_double_precision)
+    _require_bool("exclude_ignored", exclude_ignored)
 
 
 def _is_integer_dtype(dtype: torch.dtype) -> bool:
