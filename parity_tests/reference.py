@@ -198,19 +198,27 @@ def joint_condition_number(pred: np.ndarray, target: np.ndarray, **options) -> f
     epsilon = options.pop("epsilon", 5e-4)
     for unused in ("bce_weight", "use_log_trace"):
         options.pop(unused, None)
-    p, y, _ = dense_regions(
+    p, y, weights = dense_regions(
         np.asarray(pred, np.float64),
         np.asarray(target, np.float64),
         **{"radius": 3, "downsampling_method": "max", "stride": 3, **options},
     )
-    return joint_condition_of_regions(p, y, epsilon)
+    return joint_condition_of_regions(p, y, epsilon, weights)
 
 
-def joint_condition_of_regions(p_regions: np.ndarray, y_regions: np.ndarray, epsilon: float):
+def joint_condition_of_regions(
+    p_regions: np.ndarray,
+    y_regions: np.ndarray,
+    epsilon: float,
+    window_weights: np.ndarray | None = None,
+) -> float:
     """Largest condition number of ``J = Z Z^T + eps I`` over the leading indices of ``[..., d, L]``
-    region vectors (``Z`` the centred ``[P; Y]``)."""
+    region vectors (``Z`` the centred ``[P; Y]``, over the windows of nonzero weight)."""
     z = np.concatenate([p_regions, y_regions], axis=-2)
-    z = z - z.mean(axis=-1, keepdims=True)
+    if window_weights is None:
+        window_weights = np.ones(z.shape[:-2] + z.shape[-1:])
+    weights = window_weights[..., None, :]
+    z = (z - (z * weights).sum(-1, keepdims=True) / weights.sum(-1, keepdims=True)) * weights
     joint = z @ np.swapaxes(z, -1, -2) + epsilon * np.eye(z.shape[-2])
     return float(np.linalg.cond(joint).max())
 

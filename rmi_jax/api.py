@@ -335,6 +335,22 @@ def _validate_options(
         )
 
 
+def check_prediction(name: str, x: jnp.ndarray, channel_axis: object) -> tuple[int, ...]:
+    """Rank 4, a floating dtype and a valid ``channel_axis``; returns the NCHW shape."""
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name} must have rank 4 ([N, H, W, C] or [N, C, H, W] with channel_axis=1), "
+            f"got shape {x.shape}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
+        raise TypeError(f"channel_axis must be an int, got {channel_axis!r}")
+    if not -4 <= channel_axis < 4:
+        raise ValueError(f"channel_axis must be in [-4, 3] for rank-4 {name}, got {channel_axis}")
+    return _channels_first_shape(x.shape, channel_axis)
+
+
 def _validate_mask(mask: jnp.ndarray, pred_shape: tuple[int, ...], channel_axis: int) -> None:
     """``valid_mask`` must be boolean with the shape of ``pred`` minus its channel axis."""
     expected = tuple(size for i, size in enumerate(pred_shape) if i != channel_axis % 4)
@@ -357,24 +373,13 @@ def _validate_arrays(
     channel_axis: object,
 ) -> None:
     """Check ranks, shapes, dtypes and that a region fits (shapes only: runs at trace time)."""
-    if pred.ndim != 4:
-        raise ValueError(
-            f"pred must have rank 4 ([N, H, W, C] or [N, C, H, W] with channel_axis=1), "
-            f"got shape {pred.shape}"
-        )
+    nchw = check_prediction("pred", pred, channel_axis)
     if target.shape != pred.shape:
         raise ValueError(
             f"target must have the shape of pred {pred.shape}, got shape {target.shape}"
         )
-    if not jnp.issubdtype(pred.dtype, jnp.floating):
-        raise TypeError(f"pred must have a floating dtype, got {pred.dtype}")
     if jnp.issubdtype(target.dtype, jnp.complexfloating):
         raise TypeError(f"target must have a floating, integer or bool dtype, got {target.dtype}")
-    if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
-        raise TypeError(f"channel_axis must be an int, got {channel_axis!r}")
-    if not -4 <= channel_axis < 4:
-        raise ValueError(f"channel_axis must be in [-4, 3] for rank-4 inputs, got {channel_axis}")
-    nchw = _channels_first_shape(pred.shape, channel_axis)
     if nchw[0] == 0 or nchw[1] == 0:
         raise ValueError(
             f"pred must have at least one example and one class, got shape {pred.shape}"

@@ -11,11 +11,11 @@ from rmi_jax._bce import _bce_logits
 from rmi_jax._windows import map_size_after_downsampling, minimum_input_size
 from rmi_jax.api import (
     CHOLESKY_LOG_OFFSET,
-    _channels_first_shape,
     _require_bool,
     _require_int,
     _require_real,
     _rmi_lower_bound,
+    check_prediction,
     masked_window_weights,
 )
 
@@ -334,17 +334,7 @@ def _validate_label_arrays(
     channel_axis: object,
 ) -> None:
     """Check ranks, shapes, dtypes and that a region fits (shapes only: runs at trace time)."""
-    if logits.ndim != 4:
-        raise ValueError(
-            f"logits must have rank 4 ([N, H, W, C] or [N, C, H, W] with channel_axis=1), "
-            f"got shape {logits.shape}"
-        )
-    if not jnp.issubdtype(logits.dtype, jnp.floating):
-        raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
-    _require_int("channel_axis", channel_axis, -4)
-    if channel_axis > 3:
-        raise ValueError(f"channel_axis must be in [-4, 3] for rank-4 logits, got {channel_axis}")
-    batch, classes, height, width = _channels_first_shape(logits.shape, channel_axis)
+    batch, classes, height, width = check_prediction("logits", logits, channel_axis)
     if labels.shape != (batch, height, width):
         raise ValueError(
             f"labels must have shape [N, H, W] = {(batch, height, width)} to match logits of "

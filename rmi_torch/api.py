@@ -396,22 +396,28 @@ def _validate_mask(mask: object, input_shape: torch.Size) -> None:
         raise TypeError(f"valid_mask must have dtype bool, got {_dtype_name(mask.dtype)}")
 
 
+def check_prediction(name: str, x: object) -> None:
+    """A tensor of rank 4 (NCHW) with a floating dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have rank 4 ([N, C, H, W]), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {_dtype_name(x.dtype)}")
+
+
 def _validate_tensors(
     input: object, target: object, *, radius: int, method: str, stride: int
 ) -> None:
     """Check ranks, shapes, dtypes and that a region fits after downsampling."""
-    for name, value in (("input", input), ("target", target)):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if input.dim() != 4:
-        raise ValueError(f"input must have rank 4 ([N, C, H, W]), got shape {tuple(input.shape)}")
+    check_prediction("input", input)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.shape != input.shape:
         raise ValueError(
             f"target must have the shape of input {tuple(input.shape)}, "
             f"got shape {tuple(target.shape)}"
         )
-    if not input.is_floating_point():
-        raise TypeError(f"input must have a floating dtype, got {_dtype_name(input.dtype)}")
     if target.is_complex():
         raise TypeError(
             f"target must have a floating, integer or bool dtype, got {_dtype_name(target.dtype)}"

@@ -14,6 +14,7 @@ from rmi_torch.api import (
     _require_int,
     _require_real,
     _rmi_lower_bound,
+    check_prediction,
     masked_window_weights,
 )
 
@@ -368,13 +369,9 @@ def _validate_label_tensors(
     stride: int,
 ) -> None:
     """Check ranks, shapes, dtypes and that a region fits after downsampling."""
-    for name, value in (("logits", logits), ("labels", labels)):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if logits.dim() != 4:
-        raise ValueError(f"logits must have rank 4 ([N, C, H, W]), got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must have a floating dtype, got {_dtype_name(logits.dtype)}")
+    check_prediction("logits", logits)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     batch, classes, height, width = logits.shape
     if tuple(labels.shape) != (batch, height, width):
         raise ValueError(

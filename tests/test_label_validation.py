@@ -128,6 +128,12 @@ CASES = [
     ),
     case("ignore-index-type", TypeError, r"ignore_index must be an int", {"ignore_index": 255.0}),
     case(
+        "exclude-ignored-type",
+        TypeError,
+        r"exclude_ignored must be a bool, got 1",
+        {"exclude_ignored": 1},
+    ),
+    case(
         "too-small-max",
         ValueError,
         r"6x6 becomes 2x2 after rmi_pool_way=0 \(max pooling\) with rmi_pool_stride=3, smaller "
@@ -219,7 +225,7 @@ def test_both_backends_agree_on_map_sizes() -> None:
     "channel_axis, error, pattern",
     [
         (4, ValueError, r"channel_axis must be in \[-4, 3\] for rank-4 logits, got 4"),
-        (-5, ValueError, r"channel_axis must be >= -4, got -5"),
+        (-5, ValueError, r"channel_axis must be in \[-4, 3\] for rank-4 logits, got -5"),
         (1.0, TypeError, r"channel_axis must be an int"),
     ],
 )

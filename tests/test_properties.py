@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from parity_tests.reference import joint_condition_number
+from parity_tests.reference import dense_regions, joint_condition_number
 from parity_tests.tolerances import relative_error
 from rmi_jax import rmi_loss as jax_loss
 from rmi_torch import rmi_loss as torch_loss
@@ -57,19 +57,38 @@ def cases(draw):
         "use_log_trace": draw(st.booleans()),
         "epsilon": draw(st.sampled_from([5e-4, 1e-2, 1e-6])),
     }
+    if draw(st.integers(0, 2)) == 0:
+        options["valid_mask"] = draw_mask(draw, rng, shape, options)
     return pred.astype(np.float32), target.astype(np.float32), options
+
+
+def draw_mask(draw, rng: np.random.Generator, shape, options) -> np.ndarray:
+    """A mask with a masked rectangle and a few masked pixels, keeping a window per example."""
+    n, _, h, w = shape
+    mask = rng.random((n, h, w)) >= draw(st.sampled_from([0.0, 0.02]))
+    top, left = rng.integers(0, h), rng.integers(0, w)
+    mask[:, top : top + rng.integers(1, h + 1), left : left + rng.integers(1, w + 1)] = False
+    region_options = {k: options[k] for k in ("radius", "stride", "downsampling_method")}
+    zeros = np.zeros(shape)
+    _, _, weights = dense_regions(
+        zeros, zeros, with_logits=False, valid_mask=mask, **region_options
+    )
+    assume(bool((weights.sum(axis=-1) > 0).all()))
+    return mask
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_values_and_gradients_are_finite_and_backends_agree(case) -> None:
     pred, target, options = case
+    mask = options.pop("valid_mask", None)
     value_jax, (grad_jax, tgrad_jax) = jax.value_and_grad(
-        lambda p, y: jax_loss(p, y, channel_axis=1, **options), argnums=(0, 1)
+        lambda p, y: jax_loss(p, y, channel_axis=1, valid_mask=mask, **options), argnums=(0, 1)
     )(jnp.asarray(pred), jnp.asarray(target))
     p = torch.tensor(pred, requires_grad=True)
     y = torch.tensor(target, requires_grad=True)
-    value_torch = torch_loss(p, y, use_double_precision=False, **options)
+    torch_mask = None if mask is None else torch.tensor(mask)
+    value_torch = torch_loss(p, y, use_double_precision=False, valid_mask=torch_mask, **options)
     value_torch.backward()
     for array in (value_jax, grad_jax, tgrad_jax):
         assert np.isfinite(np.asarray(array)).all()
@@ -80,6 +99,6 @@ def test_values_and_gradients_are_finite_and_backends_agree(case) -> None:
         rtol=CROSS_BACKEND_F32_RTOL,
         atol=CROSS_BACKEND_F32_ATOL,
     )
-    condition = joint_condition_number(pred, target, **options)
+    condition = joint_condition_number(pred, target, **options, valid_mask=mask)
     bound = max(CROSS_BACKEND_F32_RTOL, 2 * 16 * 2.0**-24 * condition)
     assert relative_error(grad_jax, p.grad.numpy()) < bound
