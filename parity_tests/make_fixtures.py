@@ -247,7 +247,9 @@ def build_fixture(case: Case) -> Fixture:
         )
     return Fixture(
         name=f"dense-{case.name}",
-        joint_condition=reference.joint_condition_number(pred, target, **options),
+        joint_condition=reference.joint_condition_number(
+            pred, target, **options, valid_mask=valid_mask
+        ),
         degenerate=case.inputs in DEGENERATE_INPUTS,
         pred=pred,
         target=target,
