@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
+# Where softplus may return its input unchanged: exp(-40) is below float64 rounding of 40.
+_SOFTPLUS_EXACT_ABOVE = 40.0
 # PyTorch clamps each log term of binary_cross_entropy at -100 (so p = 0 or 1 stays finite).
 _LOG_CLAMP = -100.0
 
@@ -35,6 +38,41 @@ class _ProbabilityBCE(torch.autograd.Function):
         return grad_p, grad_y
 
 
+class _LogitBCESums(torch.autograd.Function):
+    """Per-example sums of the elementwise BCE with logits, over the entries ``mask`` keeps.
+
+    PyTorch's own ``binary_cross_entropy_with_logits`` is several full-size passes each way;
+    here the forward is two (``softplus(x) - x y``, then the sum) and the backward three
+    (``sigmoid(x) - y`` scaled), which matters because these are the loss's only passes over
+    the full-resolution maps besides the pooling.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, y, mask)
+        # softplus(x) = max(x, 0) + log1p(exp(-|x|)); above the threshold it returns x, whose
+        # error exp(-x) < 5e-18 is below float64 rounding, and exp(40) cannot overflow float32.
+        elementwise = F.softplus(x, threshold=_SOFTPLUS_EXACT_ABOVE).addcmul_(x, y, value=-1.0)
+        if mask is not None:
+            elementwise = elementwise.masked_fill_(~mask, 0.0)
+        return elementwise.flatten(1).sum(dim=1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, y, mask = ctx.saved_tensors
+        scale = grad.view(-1, *([1] * (x.dim() - 1)))
+        grad_x = grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.sigmoid(x).sub_(y).mul_(scale)
+        if ctx.needs_input_grad[1]:
+            grad_y = x * -scale
+        if mask is not None:
+            grad_x = None if grad_x is None else grad_x.masked_fill_(~mask, 0.0)
+            grad_y = None if grad_y is None else grad_y.masked_fill_(~mask, 0.0)
+        return grad_x, grad_y, None
+
+
 def bce_term(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -42,29 +80,20 @@ def bce_term(
     per_example: bool,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean elementwise BCE: per example (``[N]``) or over everything (a scalar).
+    """Mean elementwise BCE: per example (``[N]``) or the mean of those (a scalar).
 
-    Every example has the same number of elements, so the scalar is the mean of the per-example
-    values; with logits it is one fused kernel with no full-size output, which is why it is
-    preferred whenever the caller reduces over the batch anyway. With a boolean ``mask``
-    (broadcastable to ``input``) each example's mean is over its true entries only, and the
-    scalar is the mean of those per-example means.
+    With a boolean ``mask`` (broadcastable to ``input``) each example's mean is over its true
+    entries only.
     """
     if mask is not None:
-        elementwise = _elementwise(input, target, with_logits)
-        mask = mask.expand_as(elementwise).flatten(1)
-        summed = torch.where(mask, elementwise.flatten(1), 0.0).sum(dim=1)
-        per_example_mean = summed / mask.sum(dim=1)
-        return per_example_mean if per_example else per_example_mean.mean()
-    if not with_logits:
-        elementwise = _ProbabilityBCE.apply(input, target)
-        return elementwise.flatten(1).mean(dim=1) if per_example else elementwise.mean()
-    if per_example:
-        return _elementwise(input, target, with_logits).flatten(1).mean(1)
-    return F.binary_cross_entropy_with_logits(input, target, reduction="mean")
-
-
-def _elementwise(input: torch.Tensor, target: torch.Tensor, with_logits: bool) -> torch.Tensor:
+        mask = mask.expand_as(input)
     if with_logits:
-        return F.binary_cross_entropy_with_logits(input, target, reduction="none")
-    return _ProbabilityBCE.apply(input, target)
+        sums = _LogitBCESums.apply(input, target, mask)
+    else:
+        elementwise = _ProbabilityBCE.apply(input, target)
+        if mask is not None:
+            elementwise = torch.where(mask, elementwise, 0.0)
+        sums = elementwise.flatten(1).sum(dim=1)
+    counts = input[0].numel() if mask is None else mask.flatten(1).sum(dim=1)
+    per_example_mean = sums / counts
+    return per_example_mean if per_example else per_example_mean.mean()

@@ -18,21 +18,23 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from rmi_torch._windows import fold_windows, window_view
+
 # Pass one's shift, in units of (matrix size) * (unit roundoff) * trace(J) (see rmi_jax).
 _SHIFT_ROUNDING_UNITS = 1.0
 
 
-def centre(z: torch.Tensor, window_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Subtract from each region-vector component its mean over the windows (last axis).
+def _centre_(z: torch.Tensor, window_weights: torch.Tensor | None) -> torch.Tensor:
+    """Subtract, in place, from each region-vector component its mean over the windows.
 
     With ``window_weights`` (``[..., L]``, 0 or 1), windows of weight 0 leave the mean and
     become zero columns, so they leave every covariance too.
     """
     if window_weights is None:
-        return z - z.mean(dim=-1, keepdim=True)
+        return z.sub_(z.mean(dim=-1, keepdim=True))
     weights = window_weights.unsqueeze(-2)
     mean = (z * weights).sum(dim=-1, keepdim=True) / weights.sum(dim=-1, keepdim=True)
-    return (z - mean) * weights
+    return z.sub_(mean).mul_(weights)
 
 
 def _upper_cholesky(gram: torch.Tensor) -> torch.Tensor:
@@ -78,24 +80,64 @@ def _gradient_weights(r: torch.Tensor, r_inv: torch.Tensor, offset: float) -> to
     return (r_inv * weight[..., None, :]) @ r_inv.mT
 
 
-class _ConditionalLogDet(torch.autograd.Function):
+class _RegionLogDet(torch.autograd.Function):
+    """The log-determinant of each map pair's regions, with the closed-form backward.
+
+    The region vectors are built here, straight into one ``[P; Y]`` buffer, and centred in
+    place. The centring needs no backward of its own: the gradient ``2 W Z`` with respect to
+    the centred ``Z`` has zero (weighted) mean over the windows, because ``Z`` has, so it is
+    also the gradient with respect to the raw vectors. The backward forms only the rows of
+    ``2 W Z`` whose maps need a gradient (the target's usually do not) and folds them back.
+    """
+
     @staticmethod
-    def forward(ctx, z: torch.Tensor, epsilon: float, offset: float) -> torch.Tensor:
+    def forward(ctx, p_maps, y_maps, window_weights, radius, step, epsilon, offset, dtype):
+        n, c = p_maps.shape[:2]
+        p_windows = window_view(p_maps, radius, step)
+        z = torch.empty((n, c, 2, *p_windows.shape[2:]), dtype=dtype, device=p_maps.device)
+        z[:, :, 0].copy_(p_windows)
+        z[:, :, 1].copy_(window_view(y_maps, radius, step))
+        z = _centre_(z.view(n, c, 2 * radius * radius, -1), window_weights)
         r, r_inv = _joint_factor(z, epsilon)
         ctx.save_for_backward(z, _gradient_weights(r, r_inv, offset))
+        ctx.geometry = (p_maps.shape[-2:], radius, step)
         return _trailing_log_diagonal(r, offset)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, cotangent: torch.Tensor):
         z, weights = ctx.saved_tensors
-        return (2.0 * cotangent[..., None, None]) * (weights @ z), None, None
+        size, radius, step = ctx.geometry
+        d = radius * radius
+        # The cotangent scales the small k x k matrix, not the 2d x L result.
+        scaled = 2.0 * cotangent[..., None, None] * weights
+        grads = [
+            fold_windows(scaled[..., rows, :] @ z, size, radius, step) if needed else None
+            for rows, needed in (
+                (slice(0, d), ctx.needs_input_grad[0]),
+                (slice(d, 2 * d), ctx.needs_input_grad[1]),
+            )
+        ]
+        return (*grads, None, None, None, None, None, None)
 
 
-def conditional_log_det(z: torch.Tensor, epsilon: float, offset: float) -> torch.Tensor:
-    """``sum(log(diag(chol(M + eps I)) + offset))`` for each leading index of ``z``.
+def region_log_det(
+    p_maps: torch.Tensor,
+    y_maps: torch.Tensor,
+    window_weights: torch.Tensor | None,
+    *,
+    radius: int,
+    step: int,
+    epsilon: float,
+    offset: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``sum(log(diag(chol(M + eps I)) + offset))`` for each ``(n, c)`` of two maps, ``[N, C]``.
 
-    ``z``: centred ``[P; Y]`` region vectors, ``[..., 2d, L]``. With ``offset = 0`` this is
-    ``logdet(M + eps I) / 2``; the reference's "log trace" route uses ``offset = 1e-8``.
+    ``p_maps``, ``y_maps``: ``[N, C, H, W]`` (downsampled) probability and target maps, whose
+    ``radius x radius`` windows at spacing ``step`` are the region vectors, taken in ``dtype``.
+    ``window_weights``: ``None``, or ``[N, 1, L]`` 0/1 weights of those windows (0 drops a
+    window from the statistics). With ``offset = 0`` this is ``logdet(M + eps I) / 2``; the
+    reference's "log trace" route uses ``offset = 1e-8``.
     """
-    return _ConditionalLogDet.apply(z, epsilon, offset)
+    return _RegionLogDet.apply(p_maps, y_maps, window_weights, radius, step, epsilon, offset, dtype)

@@ -42,10 +42,22 @@ def downsample(x: torch.Tensor, method: str, stride: int) -> torch.Tensor:
     return F.avg_pool2d(x, kernel_size=stride, stride=stride, padding=stride // 2)
 
 
-def region_vectors(x: torch.Tensor, radius: int, step: int) -> torch.Tensor:
-    """All ``radius x radius`` windows inside ``x``, as ``[N, C, radius**2, L]`` (unfold order)."""
-    vectors = F.unfold(x, kernel_size=radius, stride=step)
-    return vectors.view(*x.shape[:2], radius * radius, -1)
+def window_view(x: torch.Tensor, radius: int, step: int) -> torch.Tensor:
+    """The ``radius x radius`` windows of ``[N, C, H, W]`` maps at spacing ``step``, as a strided
+    view ``[N, C, R, R, h, w]``: copied into ``[N, C, R*R, h*w]`` it is ``F.unfold``'s layout
+    (window row, then column; windows row-major), about twice as fast as ``im2col`` on CPU."""
+    windows = x.unfold(2, radius, step).unfold(3, radius, step)  # [N, C, h, w, R, R]
+    return windows.permute(0, 1, 4, 5, 2, 3)
+
+
+def fold_windows(
+    vectors: torch.Tensor, size: tuple[int, int], radius: int, step: int
+) -> torch.Tensor:
+    """Adjoint of :func:`window_view`: ``[N, C, R*R, L]`` window values summed back onto the
+    ``[N, C, H, W]`` maps (``H, W = size``)."""
+    columns = vectors.reshape(vectors.shape[0], -1, vectors.shape[-1])
+    folded = F.fold(columns, output_size=size, kernel_size=radius, stride=step)
+    return folded.view(vectors.shape[0], vectors.shape[1], *size)
 
 
 def downsample_validity(valid: torch.Tensor, method: str, stride: int) -> torch.Tensor:
@@ -59,7 +71,7 @@ def downsample_validity(valid: torch.Tensor, method: str, stride: int) -> torch.
 
 
 def window_weights(valid_cells: torch.Tensor, radius: int, step: int, dtype) -> torch.Tensor:
-    """``[N, h, w]`` booleans -> ``[N, L]``: 1 for the region windows (in :func:`region_vectors`
+    """``[N, h, w]`` booleans -> ``[N, L]``: 1 for the region windows (in :func:`window_view`
     order) made of valid cells only, 0 for those touching a masked one."""
     masked = (~valid_cells).unsqueeze(1).to(dtype)
     return 1.0 - F.max_pool2d(masked, kernel_size=radius, stride=step).flatten(1)

@@ -9,14 +9,13 @@ import torch
 from torch import nn
 
 from rmi_torch._bce import bce_term
-from rmi_torch._statistics import centre, conditional_log_det
+from rmi_torch._statistics import region_log_det
 from rmi_torch._windows import (
     DOWNSAMPLING_METHODS,
     downsample,
     downsample_validity,
     map_size_after_downsampling,
     minimum_input_size,
-    region_vectors,
     window_step,
     window_weights,
 )
@@ -283,15 +282,20 @@ def _lower_bound_of_maps(
 def _lower_bound_in_dtype(
     p_maps, y_maps, radius, step, offset, epsilon, dtype, window_weights
 ) -> torch.Tensor:
-    # Interleave the two maps per class, so that one unfold yields each class's P rows followed
-    # by its Y rows: [N, C, 2, h, w] -> [N, C, 2d, L].
-    pairs = torch.stack([p_maps, y_maps], dim=2).flatten(1, 2).to(dtype)
-    vectors = region_vectors(pairs, radius, step).unflatten(1, (p_maps.shape[1], 2))
     if window_weights is not None:
         window_weights = window_weights.unsqueeze(1)  # the same windows for every class
-    joint = centre(vectors.flatten(2, 3), window_weights)
     # 0.5 * logdet = sum(log(diag(chol))), so the 0.5 and the 2 of the reference cancel.
-    return conditional_log_det(joint, epsilon, offset) / (radius * radius)
+    log_det = region_log_det(
+        p_maps,
+        y_maps,
+        window_weights,
+        radius=radius,
+        step=step,
+        epsilon=epsilon,
+        offset=offset,
+        dtype=dtype,
+    )
+    return log_det / (radius * radius)
 
 
 def masked_window_weights(
