@@ -22,6 +22,8 @@ from rmi_torch._windows import fold_windows, window_view
 
 # Pass one's shift, in units of (matrix size) * (unit roundoff) * trace(J) (see rmi_jax).
 _SHIFT_ROUNDING_UNITS = 1.0
+# Bytes of the transformed region vectors formed at a time (see _transformed_gram).
+_CHUNK_BYTES = 2 << 20
 
 
 def _centre_(z: torch.Tensor, window_weights: torch.Tensor | None) -> torch.Tensor:
@@ -46,6 +48,18 @@ def _triangular_inverse(r: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(r, eye, upper=True)
 
 
+def _transformed_gram(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``(t z)(t z)^T`` for ``[..., k, k]`` ``t`` and ``[..., k, L]`` ``z``, a few maps at a time:
+    the ``t z`` blocks stay cache-sized and reuse one allocation instead of a full-size copy."""
+    flat_t, flat_z = t.reshape(-1, *t.shape[-2:]), z.reshape(-1, *z.shape[-2:])
+    step = max(1, _CHUNK_BYTES // (flat_z[0].numel() * flat_z.element_size()))
+    blocks = []
+    for start in range(0, flat_z.shape[0], step):
+        transformed = flat_t[start : start + step] @ flat_z[start : start + step]
+        blocks.append(transformed @ transformed.mT)
+    return torch.cat(blocks).view(*z.shape[:-1], z.shape[-2])
+
+
 def _joint_factor(z: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper-triangular R with R^T R = z z^T + epsilon I, and R^-1; z is ``[.., k, L]``."""
     k = z.shape[-2]
@@ -56,8 +70,7 @@ def _joint_factor(z: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.
     r1 = _upper_cholesky(gram + (epsilon + shift) * eye)
     r1_inv = _triangular_inverse(r1)
     # Rows of A R1^-1, transposed: the data part R1^-T Z and the ridge part sqrt(eps) R1^-T.
-    q_data = r1_inv.mT @ z
-    r2 = _upper_cholesky(q_data @ q_data.mT + epsilon * (r1_inv.mT @ r1_inv))
+    r2 = _upper_cholesky(_transformed_gram(r1_inv.mT, z) + epsilon * (r1_inv.mT @ r1_inv))
     return r2 @ r1, r1_inv @ _triangular_inverse(r2)
 
 

@@ -32,6 +32,13 @@ def minimum_input_size(radius: int, method: str, stride: int) -> int:
     return radius * stride - 2 * (stride // 2)
 
 
+def max_pool_with_indices(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`downsample`'s max pooling, with each cell's argmax as a flat index into its plane."""
+    return F.max_pool2d(
+        x, kernel_size=stride, stride=stride, padding=stride // 2, return_indices=True
+    )
+
+
 def downsample(x: torch.Tensor, method: str, stride: int) -> torch.Tensor:
     """Pool ``x`` as the reference does before extracting regions (padding ``stride // 2``)."""
     if stride == 1 or method == "region-extraction":

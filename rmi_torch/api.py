@@ -127,13 +127,25 @@ def rmi_loss(
         )
 
     per_example = torch.zeros(input.shape[0], dtype=stats_dtype, device=input.device)
+    # The sigmoid is increasing, so it commutes with max pooling: pooling the logits first
+    # applies it to a stride**2 times smaller map and keeps no full-size copy for autograd.
+    pool_logits = with_logits and downsampling_method == "max" and stride > 1
+    pooled_logits = None
     if bce_weight != 0:
-        bce = bce_term(input, target, with_logits, reduction == "none", pixel_mask)
+        # The BCE term pools the logits for the RMI term in passing (one full-size backward).
+        bce, pooled_logits = bce_term(
+            input,
+            target,
+            with_logits,
+            reduction == "none",
+            pixel_mask,
+            pool_stride=stride if pool_logits and bce_weight != 1 else 0,
+        )
         per_example = per_example + bce_weight * bce  # a scalar broadcasts for "mean" and "sum"
     if bce_weight != 1:
-        if with_logits and downsampling_method == "max":
-            # The sigmoid is increasing, so it commutes with max pooling: pooling the logits first
-            # applies it to a stride**2 times smaller map and keeps no full-size copy for autograd.
+        if pooled_logits is not None:
+            p_maps = torch.sigmoid(pooled_logits)
+        elif with_logits and downsampling_method == "max":
             p_maps = torch.sigmoid(downsample(input, downsampling_method, stride))
         else:
             probabilities = torch.sigmoid(input) if with_logits else input
