@@ -154,16 +154,30 @@ def _region_log_det_fwd(p_maps, y_maps, window_weights, radius, step, epsilon, o
 def _region_log_det_bwd(radius, step, epsilon, offset, residuals, cotangent):
     del epsilon, offset
     maps, weights = residuals
+    d = radius * radius
 
     def chunk(args):
         (p, y, window_weights), w, g = args
-        joint_vectors = partial(_joint_vectors, radius=radius, step=step)
-        z, pullback = jax.vjp(lambda p, y: joint_vectors(p, y, window_weights), p, y)
-        return pullback((2.0 * g[..., None, None]) * (w @ z))
+        z = _joint_vectors(p, y, window_weights, radius, step)
+        # The cotangent scales the small k x k matrix, not the 2d x L product.
+        scaled = (2.0 * g[..., None, None]) * w
+        # 2 W Z has zero (weighted) mean over the windows, as Z has: it is also the gradient
+        # with respect to the raw region vectors, so the centring needs no backward. The rows of
+        # each map are formed apart, so an unused target gradient is dropped under jit.
+        return tuple(
+            _region_vectors_transpose(scaled[..., rows, :] @ z, m, radius, step)
+            for rows, m in ((slice(0, d), p), (slice(d, 2 * d), y))
+        )
 
     d_p, d_y = _map_chunks(chunk, (maps, weights, cotangent), radius, step, maps[0])
     window_weights = maps[2]
     return d_p, d_y, None if window_weights is None else jnp.zeros_like(window_weights)
+
+
+def _region_vectors_transpose(vectors, maps, radius: int, step: int) -> jnp.ndarray:
+    """Region-vector values ``[..., d, L]`` summed back onto maps shaped like ``maps``."""
+    _, pullback = jax.vjp(partial(region_vectors, radius=radius, step=step), maps)
+    return pullback(vectors)[0]
 
 
 region_log_det.defvjp(_region_log_det_fwd, _region_log_det_bwd)
