@@ -34,7 +34,7 @@ from rmi_jax._windows import region_vectors
 # with condition number below ~1e3 (its factor is then accurate to ~1e3 rounding units).
 _SHIFT_ROUNDING_UNITS = 1.0
 # Bytes of region vectors one chunk may hold: fits in a core's cache on CPUs of today.
-_CHUNK_BYTES = 4 << 20
+_CHUNK_BYTES = 2 << 20
 
 
 def _gram(a: jnp.ndarray) -> jnp.ndarray:

@@ -76,37 +76,58 @@ def _padded_windows(x: jnp.ndarray, stride: int, pad_value: float, axes: Axes) -
     return views
 
 
-def _spread_to_input(pooled: jnp.ndarray, stride: int, shape: tuple[int, ...], axes: Axes):
-    """Each pooled cell's value on every input pixel of its window (zero where none covers).
+def _window_blocks(x: jnp.ndarray, stride: int, pad_value: float, axes: Axes):
+    """``x`` padded and reshaped so that each pooling window is a ``stride x stride`` block.
 
-    Broadcasts, reshapes and a crop only, so XLA fuses it into the elementwise code around it.
+    Every spatial axis of size ``n`` becomes two, ``(pooled_size(n), stride)``. Returns the
+    blocks and their two within-window axes. XLA fuses the pad and the reshape into whatever
+    consumes the blocks, so no padded copy of ``x`` is made.
     """
     pad = stride // 2
-    full = pooled
-    for axis in axes:
-        size = full.shape[axis]
-        full = jnp.expand_dims(full, axis + 1)
-        repeated = (*full.shape[: axis + 1], stride, *full.shape[axis + 2 :])
-        full = jnp.broadcast_to(full, repeated).reshape(
-            *full.shape[:axis], size * stride, *full.shape[axis + 2 :]
-        )
-        full = jax.lax.slice_in_dim(full, pad, min(pad + shape[axis], size * stride), axis=axis)
-        widths = [(0, 0)] * full.ndim
-        widths[axis] = (0, shape[axis] - full.shape[axis])
-        full = jnp.pad(full, widths)
-    return full
+    widths, blocked_shape = [], []
+    for axis, size in enumerate(x.shape):
+        if axis in axes:
+            count = pooled_size(size, stride)
+            widths.append((pad, count * stride - size - pad, 0))
+            blocked_shape += [count, stride]
+        else:
+            widths.append((0, 0, 0))
+            blocked_shape.append(size)
+    padded = jax.lax.pad(x, jnp.asarray(pad_value, x.dtype), widths)
+    return padded.reshape(blocked_shape), _window_axes(axes)
 
 
-def _position_in_window(shape: tuple[int, ...], stride: int, axes: Axes) -> jnp.ndarray:
-    """For every input pixel, its row-major index inside its pooling window (broadcastable)."""
+def _window_axes(axes: Axes) -> Axes:
+    """Where the within-window axes of :func:`_window_blocks` land."""
+    first, second = sorted(axes)
+    return first + 1, second + 2
+
+
+def _cells_as_blocks(cells: jnp.ndarray, stride: int, axes: Axes):
+    """Each pooled cell's value repeated over its window, in :func:`_window_blocks` layout."""
+    window_axes = _window_axes(axes)
+    expanded = jnp.expand_dims(cells, window_axes)
+    shape = tuple(stride if a in window_axes else n for a, n in enumerate(expanded.shape))
+    return jnp.broadcast_to(expanded, shape)
+
+
+def _from_window_blocks(blocks: jnp.ndarray, stride: int, shape: tuple[int, ...], axes: Axes):
+    """The inverse of :func:`_window_blocks`: blocks back to ``shape``, the padding cropped
+    and pixels that no window covers set to zero."""
     pad = stride // 2
-    rows, cols = (
-        jax.lax.broadcasted_iota(
-            jnp.int32, [shape[a] if a == axis else 1 for a in range(len(shape))], axis
-        )
-        for axis in axes
-    )
-    return ((rows + pad) % stride) * stride + (cols + pad) % stride
+    merged_shape, widths = [], []
+    for axis, size in enumerate(shape):
+        covered = pooled_size(size, stride) * stride if axis in axes else size
+        merged_shape.append(covered)
+        widths.append((-pad, size - covered + pad, 0) if axis in axes else (0, 0, 0))
+    return jax.lax.pad(blocks.reshape(merged_shape), jnp.zeros((), blocks.dtype), widths)
+
+
+def _window_positions(blocks_shape, stride: int, window_axes: Axes) -> jnp.ndarray:
+    """Row-major index of each element of the blocks inside its window: PyTorch's scan order."""
+    dtype = jnp.int8 if stride * stride <= jnp.iinfo(jnp.int8).max else jnp.int32
+    rows, cols = (jax.lax.broadcasted_iota(dtype, blocks_shape, axis) for axis in window_axes)
+    return rows * jnp.asarray(stride, dtype) + cols
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -115,22 +136,23 @@ def _max_pool(x: jnp.ndarray, stride: int, axes: Axes) -> jnp.ndarray:
 
 
 def _max_pool_fwd(x, stride, axes):
-    views = _padded_windows(x, stride, -jnp.inf, axes)
-    pooled = functools.reduce(jnp.maximum, views)
-    # Index of the first view holding the maximum, scanning backwards so the first one wins.
-    first = jnp.zeros(pooled.shape, jnp.int8)
-    for index in reversed(range(len(views))):
-        first = jnp.where(views[index] == pooled, jnp.int8(index), first)
+    pooled = functools.reduce(jnp.maximum, _padded_windows(x, stride, -jnp.inf, axes))
+    # The position of each window's first maximum, found by a reduction: XLA keeps its result,
+    # where an elementwise formula would be re-evaluated for every pixel in the backward pass.
+    blocks, window_axes = _window_blocks(x, stride, -jnp.inf, axes)
+    positions = _window_positions(blocks.shape, stride, window_axes)
+    is_maximum = blocks == jnp.expand_dims(pooled, window_axes)
+    first = jnp.where(is_maximum, positions, stride * stride).min(axis=window_axes)
     return pooled, (first, x.shape)
 
 
 def _max_pool_bwd(stride, axes, residuals, cotangent):
-    # The gradient goes to the first maximum of each window only, as in PyTorch. Pixels that no
-    # window covers get -1, which matches no position.
+    # The gradient goes to the first maximum of each window only, as in PyTorch.
     first, shape = residuals
-    owner = _spread_to_input(first.astype(jnp.int32) + 1, stride, shape, axes) - 1
-    winner = owner == _position_in_window(shape, stride, axes)
-    return (jnp.where(winner, _spread_to_input(cotangent, stride, shape, axes), 0.0),)
+    cotangent = _cells_as_blocks(cotangent, stride, axes)
+    positions = _window_positions(cotangent.shape, stride, _window_axes(axes))
+    winner = positions == _cells_as_blocks(first, stride, axes)
+    return (_from_window_blocks(jnp.where(winner, cotangent, 0.0), stride, shape, axes),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -147,7 +169,8 @@ def _avg_pool_fwd(x, stride, axes):
 
 
 def _avg_pool_bwd(stride, axes, shape, cotangent):
-    return (_spread_to_input(cotangent, stride, shape, axes) / (stride * stride),)
+    blocks = _cells_as_blocks(cotangent / (stride * stride), stride, axes)
+    return (_from_window_blocks(blocks, stride, shape, axes),)
 
 
 _avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
