@@ -1,17 +1,32 @@
 """Shared pytest set-up for ``parity_tests`` and ``tests``."""
 
+from pathlib import Path
+
 import jax
 import pytest
 
+# Each compiled JAX executable keeps a few memory mappings of generated code, and the suite
+# compiles thousands of programs (every fixture, shape and hypothesis example is a new one). At
+# the kernel's per-process limit on mappings the next compilation crashes the interpreter with
+# a segmentation fault, so the caches are dropped well before that.
+_MAPS = Path("/proc/self/maps")
+_MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
 
-@pytest.fixture(autouse=True, scope="module")
+
+def _mapping_count_and_limit() -> tuple[int, int] | None:
+    """This process's memory mappings and the kernel's limit on them; ``None`` off Linux."""
+    try:
+        with _MAPS.open() as maps:
+            count = sum(1 for _ in maps)
+        return count, int(_MAX_MAP_COUNT.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(autouse=True)
 def _release_compiled_executables():
-    """Drop JAX's compiled executables after each test module.
-
-    Each one keeps a few memory mappings of generated code, and the suite compiles thousands
-    (every fixture, shape and hypothesis example is a new program). Kept for the whole run,
-    they reach the kernel's per-process limit (``vm.max_map_count``, 65530 by default), where
-    the next compilation crashes the interpreter with a segmentation fault.
-    """
+    """After a test, drop JAX's compiled executables once the mappings pass half the limit."""
     yield
-    jax.clear_caches()
+    usage = _mapping_count_and_limit()
+    if usage is not None and usage[0] > usage[1] // 2:
+        jax.clear_caches()
