@@ -1,0 +1,44 @@
+"""rmi_jax's pooling against PyTorch's, ties included: the value and where the gradient goes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rmi_jax._windows import downsample
+
+# Small integer values make ties in almost every window, so "first maximum" is exercised.
+SHAPES = [(2, 3, 7, 5), (1, 2, 16, 13), (1, 1, 40, 37)]
+
+
+def _torch_pool(x: torch.Tensor, method: str, stride: int) -> torch.Tensor:
+    pool = F.max_pool2d if method == "max" else F.avg_pool2d
+    return pool(x, kernel_size=stride, stride=stride, padding=stride // 2)
+
+
+@pytest.mark.parametrize("method", ["max", "avg"])
+@pytest.mark.parametrize("shape", SHAPES)
+# Strides above 11 have windows of more than 127 pixels: positions beyond int8.
+@pytest.mark.parametrize("stride", [2, 3, 4, 5, 11, 12, 13])
+def test_pooling_matches_torch_with_ties(method: str, shape, stride: int) -> None:
+    rng = np.random.default_rng(stride)
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    weights = rng.standard_normal(_torch_pool(torch.tensor(x), method, stride).shape)
+    weights = weights.astype(np.float32)
+
+    def weighted_sum(a):
+        return (downsample(a, method, stride) * weights).sum()
+
+    value, grad = jax.value_and_grad(weighted_sum)(jnp.asarray(x))
+    x_torch = torch.tensor(x, requires_grad=True)
+    value_torch = (_torch_pool(x_torch, method, stride) * torch.tensor(weights)).sum()
+    value_torch.backward()
+    np.testing.assert_allclose(
+        np.asarray(downsample(jnp.asarray(x), method, stride)),
+        _torch_pool(torch.tensor(x), method, stride).numpy(),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(float(value), value_torch.item(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), x_torch.grad.numpy(), rtol=1e-6, atol=1e-7)
