@@ -136,6 +136,7 @@ def _max_pool(x: jnp.ndarray, stride: int, axes: Axes) -> jnp.ndarray:
 
 
 def _max_pool_fwd(x, stride, axes):
+    # The maximum from the strided views (a max-reduction over the blocks measured 4x slower).
     pooled = functools.reduce(jnp.maximum, _padded_windows(x, stride, -jnp.inf, axes))
     # The position of each window's first maximum, found by a reduction: XLA keeps its result,
     # where an elementwise formula would be re-evaluated for every pixel in the backward pass.
