@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from functools import partial
 
 import jax
@@ -35,45 +34,21 @@ def minimum_input_size(radius: int, method: str, stride: int) -> int:
     return radius * stride - 2 * (stride // 2)
 
 
-def _view_range(offset: int, stride: int, count: int, size: int) -> tuple[int, int]:
-    """First and last ``r < count`` with ``0 <= offset + stride * r < size``."""
-    first = -(offset // stride) if offset < 0 else 0
-    last = min(count - 1, (size - 1 - offset) // stride)
-    return first, last
-
-
 Axes = tuple[int, int]
 
 
-def _padded_windows(x: jnp.ndarray, stride: int, pad_value: float, axes: Axes) -> list[jnp.ndarray]:
-    """The ``stride * stride`` strided views of the pooling windows of ``x`` over ``axes``.
+def _pool_windows(x: jnp.ndarray, stride: int, init: float, op, axes: Axes) -> jnp.ndarray:
+    """``op``-reduction of each ``stride x stride`` pooling window of ``x`` over ``axes``, the
+    padding (``stride // 2`` on both sides, as PyTorch's) filled with ``init``.
 
-    View ``i * stride + j`` holds each window's element at kernel row ``i``, column ``j``: the
-    row-major order in which PyTorch's max pooling scans a window, so "first maximum" agrees.
-    Padding positions hold ``pad_value``; only the small views are padded, never ``x`` itself.
+    XLA runs this as one pass over ``x``. Taking the windows apart as ``stride**2`` strided
+    views instead left them materialised whenever a second computation read them.
     """
     pad = stride // 2
-    views = []
-    for i in range(stride):
-        for j in range(stride):
-            starts, stops, steps = [0] * x.ndim, list(x.shape), [1] * x.ndim
-            widths, out_shape = [(0, 0)] * x.ndim, list(x.shape)
-            for axis, offset in zip(axes, (i - pad, j - pad), strict=True):
-                count = pooled_size(x.shape[axis], stride)
-                first, last = _view_range(offset, stride, count, x.shape[axis])
-                starts[axis], stops[axis] = offset + stride * first, offset + stride * last + 1
-                steps[axis], widths[axis], out_shape[axis] = (
-                    stride,
-                    (first, count - 1 - last),
-                    count,
-                )
-            if any(start >= stop for start, stop in zip(starts, stops, strict=True)):
-                # A kernel position that falls on padding in every window (tiny inputs).
-                views.append(jnp.full(out_shape, pad_value, x.dtype))
-                continue
-            view = jax.lax.slice(x, starts, stops, steps)
-            views.append(jnp.pad(view, widths, constant_values=pad_value))
-    return views
+    window, padding = [1] * x.ndim, [(0, 0)] * x.ndim
+    for axis in axes:
+        window[axis], padding[axis] = stride, (pad, pad)
+    return jax.lax.reduce_window(x, jnp.asarray(init, x.dtype), op, window, window, padding)
 
 
 def _window_blocks(x: jnp.ndarray, stride: int, pad_value: float, axes: Axes):
@@ -136,8 +111,7 @@ def _max_pool(x: jnp.ndarray, stride: int, axes: Axes) -> jnp.ndarray:
 
 
 def _max_pool_fwd(x, stride, axes):
-    # The maximum from the strided views (a max-reduction over the blocks measured 4x slower).
-    pooled = functools.reduce(jnp.maximum, _padded_windows(x, stride, -jnp.inf, axes))
+    pooled = _pool_windows(x, stride, -jnp.inf, jax.lax.max, axes)
     # The position of each window's first maximum, found by a reduction: XLA keeps its result,
     # where an elementwise formula would be re-evaluated for every pixel in the backward pass.
     blocks, window_axes = _window_blocks(x, stride, -jnp.inf, axes)
@@ -162,7 +136,7 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _avg_pool(x: jnp.ndarray, stride: int, axes: Axes) -> jnp.ndarray:
     # Padded zeros count in the average (PyTorch's count_include_pad=True).
-    return functools.reduce(jnp.add, _padded_windows(x, stride, 0.0, axes)) / (stride * stride)
+    return _pool_windows(x, stride, 0.0, jax.lax.add, axes) / (stride * stride)
 
 
 def _avg_pool_fwd(x, stride, axes):
