@@ -24,7 +24,7 @@ def _torch_pool(x: torch.Tensor, method: str, stride: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", ["max", "avg"])
 @pytest.mark.parametrize("shape", SHAPES)
-# Strides above 11 have windows of more than 127 pixels: positions beyond int8.
+# Strides up to 13: windows of more than 127 pixels (above 11) once needed a wider position type.
 @pytest.mark.parametrize("stride", [2, 3, 4, 5, 11, 12, 13])
 def test_pooling_matches_torch_with_ties(method: str, shape, stride: int) -> None:
     rng = np.random.default_rng(stride)
