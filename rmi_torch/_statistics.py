@@ -11,6 +11,10 @@ away the ``eps``-sized information the loss is made of. Pass one factors ``J + s
 shift of a few rounding units of ``trace(J)``, so it cannot fail; pass two factors the Gram
 matrix of the well-conditioned ``A R1^-1``, recomputed from the data; ``R = R2 R1``. The same
 algorithm as ``rmi_jax._statistics``, so both backends round alike.
+
+On the CPU the maps are taken a few at a time, building their region vectors inside the chunk,
+so the ``2d``-fold copy of the maps is never held whole (fresh memory that size costs more to
+touch than the products on it); the backward pass rebuilds them the same way.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from rmi_torch._windows import fold_windows, window_view
 
 # Pass one's shift, in units of (matrix size) * (unit roundoff) * trace(J) (see rmi_jax).
 _SHIFT_ROUNDING_UNITS = 1.0
-# Bytes of the transformed region vectors formed at a time (see _transformed_gram).
-_CHUNK_BYTES = 2 << 20
+# Bytes of region vectors one CPU chunk may hold: fits in a core's cache. Accelerators take all
+# maps at once, where one large batch beats many small kernel launches.
+_CPU_CHUNK_BYTES = 2 << 20
 
 
 def _centre_(z: torch.Tensor, window_weights: torch.Tensor | None) -> torch.Tensor:
@@ -48,18 +53,6 @@ def _triangular_inverse(r: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(r, eye, upper=True)
 
 
-def _transformed_gram(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``(t z)(t z)^T`` for ``[..., k, k]`` ``t`` and ``[..., k, L]`` ``z``, a few maps at a time:
-    the ``t z`` blocks stay cache-sized and reuse one allocation instead of a full-size copy."""
-    flat_t, flat_z = t.reshape(-1, *t.shape[-2:]), z.reshape(-1, *z.shape[-2:])
-    step = max(1, _CHUNK_BYTES // (flat_z[0].numel() * flat_z.element_size()))
-    blocks = []
-    for start in range(0, flat_z.shape[0], step):
-        transformed = flat_t[start : start + step] @ flat_z[start : start + step]
-        blocks.append(transformed @ transformed.mT)
-    return torch.cat(blocks).view(*z.shape[:-1], z.shape[-2])
-
-
 def _joint_factor(z: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper-triangular R with R^T R = z z^T + epsilon I, and R^-1; z is ``[.., k, L]``."""
     k = z.shape[-2]
@@ -70,7 +63,8 @@ def _joint_factor(z: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.
     r1 = _upper_cholesky(gram + (epsilon + shift) * eye)
     r1_inv = _triangular_inverse(r1)
     # Rows of A R1^-1, transposed: the data part R1^-T Z and the ridge part sqrt(eps) R1^-T.
-    r2 = _upper_cholesky(_transformed_gram(r1_inv.mT, z) + epsilon * (r1_inv.mT @ r1_inv))
+    transformed = r1_inv.mT @ z
+    r2 = _upper_cholesky(transformed @ transformed.mT + epsilon * (r1_inv.mT @ r1_inv))
     return r2 @ r1, r1_inv @ _triangular_inverse(r2)
 
 
@@ -93,44 +87,74 @@ def _gradient_weights(r: torch.Tensor, r_inv: torch.Tensor, offset: float) -> to
     return (r_inv * weight[..., None, :]) @ r_inv.mT
 
 
+def _joint_vectors(p_maps, y_maps, window_weights, radius: int, step: int, dtype) -> torch.Tensor:
+    """Centred ``[P; Y]`` region vectors ``[M, 2d, L]`` of ``[M, H, W]`` maps, in ``dtype``,
+    built straight into one buffer; ``window_weights``: ``None`` or ``[M, L]``."""
+    p_windows = window_view(p_maps.unsqueeze(1), radius, step)[:, 0]
+    z = torch.empty((p_maps.shape[0], 2, *p_windows.shape[1:]), dtype=dtype, device=p_maps.device)
+    z[:, 0].copy_(p_windows)
+    z[:, 1].copy_(window_view(y_maps.unsqueeze(1), radius, step)[:, 0])
+    return _centre_(z.view(p_maps.shape[0], 2 * radius * radius, -1), window_weights)
+
+
+def _chunks(maps: torch.Tensor, radius: int, step: int, dtype) -> list[slice]:
+    """Slices of the ``M`` maps of ``[M, H, W]`` ``maps``, cache-sized on the CPU."""
+    count = maps.shape[0]
+    if maps.device.type != "cpu":
+        return [slice(0, count)]
+    height, width = maps.shape[-2:]
+    windows = ((height - radius) // step + 1) * ((width - radius) // step + 1)
+    per_map = 2 * radius * radius * windows * torch.finfo(dtype).bits // 8
+    size = max(1, _CPU_CHUNK_BYTES // per_map)
+    return [slice(start, start + size) for start in range(0, count, size)]
+
+
+def _vectors_by_chunk(p_maps, y_maps, window_weights, radius: int, step: int, dtype):
+    """``(chunk, region vectors of its maps)`` for each chunk of :func:`_chunks`."""
+    for chunk in _chunks(p_maps, radius, step, dtype):
+        weights = None if window_weights is None else window_weights[chunk]
+        yield chunk, _joint_vectors(p_maps[chunk], y_maps[chunk], weights, radius, step, dtype)
+
+
 class _RegionLogDet(torch.autograd.Function):
     """The log-determinant of each map pair's regions, with the closed-form backward.
 
-    The region vectors are built here, straight into one ``[P; Y]`` buffer, and centred in
-    place. The centring needs no backward of its own: the gradient ``2 W Z`` with respect to
-    the centred ``Z`` has zero (weighted) mean over the windows, because ``Z`` has, so it is
-    also the gradient with respect to the raw vectors. The backward forms only the rows of
-    ``2 W Z`` whose maps need a gradient (the target's usually do not) and folds them back.
+    Works on the ``[M, H, W]`` maps of :func:`region_log_det`, a chunk at a time. The centring
+    needs no backward of its own: the gradient ``2 W Z`` with respect to the centred ``Z`` has
+    zero (weighted) mean over the windows, because ``Z`` has, so it is also the gradient with
+    respect to the raw vectors. The backward forms only the rows of ``2 W Z`` whose maps need a
+    gradient (the target's usually do not) and folds them back.
     """
 
     @staticmethod
     def forward(ctx, p_maps, y_maps, window_weights, radius, step, epsilon, offset, dtype):
-        n, c = p_maps.shape[:2]
-        p_windows = window_view(p_maps, radius, step)
-        z = torch.empty((n, c, 2, *p_windows.shape[2:]), dtype=dtype, device=p_maps.device)
-        z[:, :, 0].copy_(p_windows)
-        z[:, :, 1].copy_(window_view(y_maps, radius, step))
-        z = _centre_(z.view(n, c, 2 * radius * radius, -1), window_weights)
-        r, r_inv = _joint_factor(z, epsilon)
-        ctx.save_for_backward(z, _gradient_weights(r, r_inv, offset))
-        ctx.geometry = (p_maps.shape[-2:], radius, step)
-        return _trailing_log_diagonal(r, offset)
+        values, weights = [], []
+        for _, z in _vectors_by_chunk(p_maps, y_maps, window_weights, radius, step, dtype):
+            r, r_inv = _joint_factor(z, epsilon)
+            values.append(_trailing_log_diagonal(r, offset))
+            weights.append(_gradient_weights(r, r_inv, offset))
+        ctx.save_for_backward(p_maps, y_maps, window_weights, torch.cat(weights))
+        ctx.options = (radius, step, dtype)
+        return torch.cat(values)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, cotangent: torch.Tensor):
-        z, weights = ctx.saved_tensors
-        size, radius, step = ctx.geometry
+        p_maps, y_maps, window_weights, weights = ctx.saved_tensors
+        radius, step, dtype = ctx.options
         d = radius * radius
-        # The cotangent scales the small k x k matrix, not the 2d x L result.
-        scaled = 2.0 * cotangent[..., None, None] * weights
         grads = [
-            fold_windows(scaled[..., rows, :] @ z, size, radius, step) if needed else None
-            for rows, needed in (
-                (slice(0, d), ctx.needs_input_grad[0]),
-                (slice(d, 2 * d), ctx.needs_input_grad[1]),
-            )
+            torch.empty_like(p_maps, dtype=dtype) if ctx.needs_input_grad[i] else None
+            for i in (0, 1)
         ]
+        chunks = _vectors_by_chunk(p_maps, y_maps, window_weights, radius, step, dtype)
+        for chunk, z in chunks:
+            # The cotangent scales the small k x k matrix, not the 2d x L result.
+            scaled = 2.0 * cotangent[chunk, None, None] * weights[chunk]
+            for i, grad in enumerate(grads):
+                if grad is not None:
+                    vectors = (scaled[:, i * d : (i + 1) * d] @ z).unsqueeze(1)
+                    grad[chunk] = fold_windows(vectors, p_maps.shape[-2:], radius, step)[:, 0]
         return (*grads, None, None, None, None, None, None)
 
 
@@ -153,4 +177,9 @@ def region_log_det(
     window from the statistics). With ``offset = 0`` this is ``logdet(M + eps I) / 2``; the
     reference's "log trace" route uses ``offset = 1e-8``.
     """
-    return _RegionLogDet.apply(p_maps, y_maps, window_weights, radius, step, epsilon, offset, dtype)
+    n, c = p_maps.shape[:2]
+    if window_weights is not None:
+        window_weights = window_weights.expand(n, c, -1).reshape(n * c, -1)
+    flat = [maps.reshape(n * c, *maps.shape[2:]) for maps in (p_maps, y_maps)]
+    log_det = _RegionLogDet.apply(*flat, window_weights, radius, step, epsilon, offset, dtype)
+    return log_det.view(n, c)
