@@ -173,13 +173,13 @@ def region_log_det(
 
     ``p_maps``, ``y_maps``: ``[N, C, H, W]`` (downsampled) probability and target maps, whose
     ``radius x radius`` windows at spacing ``step`` are the region vectors, taken in ``dtype``.
-    ``window_weights``: ``None``, or ``[N, 1, L]`` 0/1 weights of those windows (0 drops a
-    window from the statistics). With ``offset = 0`` this is ``logdet(M + eps I) / 2``; the
-    reference's "log trace" route uses ``offset = 1e-8``.
+    ``window_weights``: ``None``, or ``[N, L]`` 0/1 weights of those windows, shared by the
+    classes (0 drops a window from the statistics). With ``offset = 0`` this is
+    ``logdet(M + eps I) / 2``; the reference's "log trace" route uses ``offset = 1e-8``.
     """
     n, c = p_maps.shape[:2]
     if window_weights is not None:
-        window_weights = window_weights.expand(n, c, -1).reshape(n * c, -1)
+        window_weights = window_weights.repeat_interleave(c, dim=0)  # one row per (n, c)
     flat = [maps.reshape(n * c, *maps.shape[2:]) for maps in (p_maps, y_maps)]
     log_det = _RegionLogDet.apply(*flat, window_weights, radius, step, epsilon, offset, dtype)
     return log_det.view(n, c)

@@ -294,8 +294,6 @@ def _lower_bound_of_maps(
 def _lower_bound_in_dtype(
     p_maps, y_maps, radius, step, offset, epsilon, dtype, window_weights
 ) -> torch.Tensor:
-    if window_weights is not None:
-        window_weights = window_weights.unsqueeze(1)  # the same windows for every class
     # 0.5 * logdet = sum(log(diag(chol))), so the 0.5 and the 2 of the reference cancel.
     log_det = region_log_det(
         p_maps,
