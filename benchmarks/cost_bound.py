@@ -1,0 +1,161 @@
+"""Where rmi_jax's fwd+bwd time goes on this machine, and what its statistics can cost at least.
+
+Run from the repository root::
+
+    python -m benchmarks.cost_bound                  # 8x21x256x256, writes cost-bound-<device>.json
+    python -m benchmarks.cost_bound --size 128 --rounds 5
+
+Everything is measured in one process, round-robin (one call of each entry per round, so that
+the machine's slow spells hit all of them alike), on ``bench.py``'s inputs; medians:
+
+- ``floor``: ``bench.py``'s floor row, one elementwise pass over the inputs;
+- ``rmi_jax``: fwd+bwd of the loss, as ``bench.py``'s rmi_jax row;
+- ``statistics``: fwd+bwd of the region statistics alone (``region_log_det``), on the pooled
+  maps of the same inputs;
+- ``householder``: the R factor of a Householder QR of the same region vectors, in the same
+  chunks (LAPACK): the textbook one-pass alternative to the two-pass Cholesky QR, with a
+  quarter of its products' flops;
+- ``sgemm``: a 2048^3 float32 matrix product, the machine's matrix-product rate.
+
+From these it derives what is left for the statistics if rmi_jax is to stay within 3x the
+floor (issue 5's target), ``3 * floor - (rmi_jax - statistics)``, and the least time the
+statistics' four ``2d x 2d x L`` matrix products (two Gram products and ``R1^-T Z`` in the
+forward, ``W Z`` in the backward) can take at the sgemm rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench import REPO_ROOT, _cpu_model, make_inputs
+
+BATCH, CLASSES, RADIUS, STRIDE, EPSILON = 8, 21, 3, 3, 5e-4
+SGEMM_SIZE = 2048
+
+
+def _median_ms(functions: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    import jax
+
+    for function in functions.values():  # compile, then settle
+        jax.block_until_ready(function())
+        jax.block_until_ready(function())
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            jax.block_until_ready(function())
+            samples[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(times) for name, times in samples.items()}
+
+
+def build(size: int) -> tuple[dict[str, Callable[[], Any]], dict[str, float], float]:
+    """The timed closures, the flops of the matrix-product entries, and those of the
+    statistics' four products."""
+    import jax
+    import jax.numpy as jnp
+
+    from rmi_jax import rmi_loss
+    from rmi_jax._statistics import _chunk_size, _joint_vectors, region_log_det
+    from rmi_jax._windows import downsample
+
+    logits, target = make_inputs((BATCH, CLASSES, size, size), seed=0)
+    x = jnp.asarray(logits.transpose(0, 2, 3, 1))  # NHWC, as bench.py's rmi_jax row
+    y = jnp.asarray(target.transpose(0, 2, 3, 1))
+    loss = jax.jit(jax.value_and_grad(lambda a, b: rmi_loss(a, b, with_logits=True)))
+    floor = jax.jit(lambda a, b: jax.nn.sigmoid(a) - b)
+
+    p_maps = jax.nn.sigmoid(downsample(jnp.asarray(logits), "max", STRIDE))
+    y_maps = downsample(jnp.asarray(target), "max", STRIDE)
+
+    def statistics_sum(p: jax.Array) -> jax.Array:
+        return region_log_det(p, y_maps, None, RADIUS, 1, EPSILON, 0.0).sum()
+
+    stats = jax.jit(jax.value_and_grad(statistics_sum))
+
+    # The region vectors of every map, for the Householder QR: [maps, 2d, L].
+    maps = BATCH * CLASSES
+    z = _joint_vectors(
+        p_maps.reshape(maps, *p_maps.shape[2:]),
+        y_maps.reshape(maps, *y_maps.shape[2:]),
+        None,
+        RADIUS,
+        1,
+    )
+    k, windows = z.shape[-2:]
+    chunk = _chunk_size(maps, windows, RADIUS, z.dtype.itemsize)
+    ridge = jnp.broadcast_to(jnp.sqrt(EPSILON) * jnp.eye(k, dtype=z.dtype), (maps, k, k))
+    tall = jnp.concatenate([jnp.swapaxes(z, -1, -2), ridge], axis=-2)  # [maps, L + 2d, 2d]
+    householder = jax.jit(
+        lambda a: jax.lax.map(lambda b: jnp.linalg.qr(b, mode="r"), a, batch_size=chunk)
+    )
+    square = jnp.asarray(make_inputs((SGEMM_SIZE, SGEMM_SIZE), seed=1)[0])
+    sgemm = jax.jit(lambda a: a @ a)
+
+    functions = {
+        "floor": lambda: floor(x, y),
+        "rmi_jax": lambda: loss(x, y),
+        "statistics": lambda: stats(p_maps),
+        "householder": lambda: householder(tall),
+        "sgemm": lambda: sgemm(square),
+    }
+    flops = {
+        "householder": 2.0 * maps * k * k * (windows + k),  # 2 m n^2, rounded up
+        "sgemm": 2.0 * SGEMM_SIZE**3,
+    }
+    product_flops = 4 * 2.0 * maps * k * k * windows
+    return functions, flops, product_flops
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=256, help="S of the 8x21xSxS inputs")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import jax
+
+    functions, flops, product_flops = build(args.size)
+    ms = _median_ms(functions, args.rounds)
+    rest = ms["rmi_jax"] - ms["statistics"]
+    gflops = {name: count / ms[name] / 1e6 for name, count in flops.items()}
+    payload = {
+        "shape": [BATCH, CLASSES, args.size, args.size],
+        "device": str(jax.devices()[0]),
+        "machine": _cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),  # fewer under taskset
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "rounds": args.rounds,
+        "median_ms": ms,
+        "gflop_per_s": gflops,
+        "rmi_jax_minus_statistics_ms": rest,
+        "statistics_budget_3x_floor_ms": 3 * ms["floor"] - rest,
+        "products_at_sgemm_rate_ms": product_flops / gflops["sgemm"] / 1e6,
+    }
+    print(
+        f"8x21x{args.size}x{args.size} on {payload['cores']} cores, "
+        f"median of {args.rounds} interleaved rounds"
+    )
+    for name, value in ms.items():
+        rate = f"  {gflops[name]:6.1f} GFLOP/s" if name in gflops else ""
+        print(f"  {name:<12} {value:8.1f} ms{rate}")
+    print(f"  rmi_jax - statistics: {rest:.1f} ms = {rest / ms['floor']:.2f} floor")
+    budget = payload["statistics_budget_3x_floor_ms"]
+    print(f"  what the statistics may take for rmi_jax within 3x floor: {budget:.1f} ms")
+    print(f"  the four products at the sgemm rate: {payload['products_at_sgemm_rate_ms']:.1f} ms")
+    device = jax.default_backend()
+    out = args.out or REPO_ROOT / "benchmarks" / f"cost-bound-{device}.json"
+    out.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    print(f"wrote {out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
