@@ -26,6 +26,7 @@ forward, ``W Z`` in the backward) can take at the sgemm rate.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -36,7 +37,7 @@ from typing import Any
 
 from benchmarks.bench import REPO_ROOT, _cpu_model, make_inputs
 
-BATCH, CLASSES, RADIUS, STRIDE, EPSILON = 8, 21, 3, 3, 5e-4
+BATCH, CLASSES = 8, 21
 SGEMM_SIZE = 2048
 
 
@@ -64,6 +65,12 @@ def build(size: int) -> tuple[dict[str, Callable[[], Any]], dict[str, float], fl
     from rmi_jax import rmi_loss
     from rmi_jax._statistics import _chunk_size, _joint_vectors, region_log_det
     from rmi_jax._windows import downsample
+    from rmi_jax.api import CHOLESKY_LOG_OFFSET
+
+    # The statistics exactly as the loss runs them with its defaults (max pooling: step 1).
+    default = {k: p.default for k, p in inspect.signature(rmi_loss).parameters.items()}
+    radius, stride, epsilon = default["radius"], default["stride"], default["epsilon"]
+    offset = CHOLESKY_LOG_OFFSET if default["use_log_trace"] else 0.0
 
     logits, target = make_inputs((BATCH, CLASSES, size, size), seed=0)
     x = jnp.asarray(logits.transpose(0, 2, 3, 1))  # NHWC, as bench.py's rmi_jax row
@@ -71,11 +78,12 @@ def build(size: int) -> tuple[dict[str, Callable[[], Any]], dict[str, float], fl
     loss = jax.jit(jax.value_and_grad(lambda a, b: rmi_loss(a, b, with_logits=True)))
     floor = jax.jit(lambda a, b: jax.nn.sigmoid(a) - b)
 
-    p_maps = jax.nn.sigmoid(downsample(jnp.asarray(logits), "max", STRIDE))
-    y_maps = downsample(jnp.asarray(target), "max", STRIDE)
+    method = default["downsampling_method"]
+    p_maps = jax.nn.sigmoid(downsample(jnp.asarray(logits), method, stride))
+    y_maps = downsample(jnp.asarray(target), method, stride)
 
     def statistics_sum(p: jax.Array) -> jax.Array:
-        return region_log_det(p, y_maps, None, RADIUS, 1, EPSILON, 0.0).sum()
+        return region_log_det(p, y_maps, None, radius, 1, epsilon, offset).sum()
 
     stats = jax.jit(jax.value_and_grad(statistics_sum))
 
@@ -85,12 +93,12 @@ def build(size: int) -> tuple[dict[str, Callable[[], Any]], dict[str, float], fl
         p_maps.reshape(maps, *p_maps.shape[2:]),
         y_maps.reshape(maps, *y_maps.shape[2:]),
         None,
-        RADIUS,
+        radius,
         1,
     )
     k, windows = z.shape[-2:]
-    chunk = _chunk_size(maps, windows, RADIUS, z.dtype.itemsize)
-    ridge = jnp.broadcast_to(jnp.sqrt(EPSILON) * jnp.eye(k, dtype=z.dtype), (maps, k, k))
+    chunk = _chunk_size(maps, windows, radius, z.dtype.itemsize)
+    ridge = jnp.broadcast_to(jnp.sqrt(epsilon) * jnp.eye(k, dtype=z.dtype), (maps, k, k))
     tall = jnp.concatenate([jnp.swapaxes(z, -1, -2), ridge], axis=-2)  # [maps, L + 2d, 2d]
     householder = jax.jit(
         lambda a: jax.lax.map(lambda b: jnp.linalg.qr(b, mode="r"), a, batch_size=chunk)
