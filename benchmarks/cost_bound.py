@@ -9,7 +9,7 @@ Everything is measured in one process, round-robin (one call of each entry per r
 the machine's slow spells hit all of them alike), on ``bench.py``'s inputs; medians:
 
 - ``floor``: ``bench.py``'s floor row, one elementwise pass over the inputs;
-- ``rmi_jax``: fwd+bwd of the loss, as ``bench.py``'s rmi_jax row;
+- ``rmi_jax``: ``bench.py``'s rmi_jax row, fwd+bwd of the loss;
 - ``statistics``: fwd+bwd of the region statistics alone (``region_log_det``), on the pooled
   maps of the same inputs;
 - ``householder``: the R factor of a Householder QR of the same region vectors, in the same
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import REPO_ROOT, _cpu_model, make_inputs
+from benchmarks.bench import REPO_ROOT, Spec, _cpu_model, make_inputs, prepare
 
 BATCH, CLASSES = 8, 21
 SGEMM_SIZE = 2048
@@ -64,26 +64,27 @@ def build(size: int) -> tuple[dict[str, Callable[[], Any]], dict[str, float], fl
 
     from rmi_jax import rmi_loss
     from rmi_jax._statistics import _chunk_size, _joint_vectors, region_log_det
-    from rmi_jax._windows import downsample
+    from rmi_jax._windows import downsample, window_step
     from rmi_jax.api import CHOLESKY_LOG_OFFSET
 
-    # The statistics exactly as the loss runs them with its defaults (max pooling: step 1).
+    # The statistics exactly as the loss runs them with its defaults.
     default = {k: p.default for k, p in inspect.signature(rmi_loss).parameters.items()}
     radius, stride, epsilon = default["radius"], default["stride"], default["epsilon"]
+    method = default["downsampling_method"]
+    step = window_step(method, stride)
     offset = CHOLESKY_LOG_OFFSET if default["use_log_trace"] else 0.0
 
-    logits, target = make_inputs((BATCH, CLASSES, size, size), seed=0)
-    x = jnp.asarray(logits.transpose(0, 2, 3, 1))  # NHWC, as bench.py's rmi_jax row
-    y = jnp.asarray(target.transpose(0, 2, 3, 1))
-    loss = jax.jit(jax.value_and_grad(lambda a, b: rmi_loss(a, b, with_logits=True)))
-    floor = jax.jit(lambda a, b: jax.nn.sigmoid(a) - b)
-
-    method = default["downsampling_method"]
+    shape = (BATCH, CLASSES, size, size)
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    floor, loss = (
+        prepare(Spec(row=row, shape=shape, device=device)) for row in ("floor", "rmi_jax")
+    )
+    logits, target = make_inputs(shape, seed=0)  # the same inputs as those rows, NCHW
     p_maps = jax.nn.sigmoid(downsample(jnp.asarray(logits), method, stride))
     y_maps = downsample(jnp.asarray(target), method, stride)
 
     def statistics_sum(p: jax.Array) -> jax.Array:
-        return region_log_det(p, y_maps, None, radius, 1, epsilon, offset).sum()
+        return region_log_det(p, y_maps, None, radius, step, epsilon, offset).sum()
 
     stats = jax.jit(jax.value_and_grad(statistics_sum))
 
@@ -94,7 +95,7 @@ def build(size: int) -> tuple[dict[str, Callable[[], Any]], dict[str, float], fl
         y_maps.reshape(maps, *y_maps.shape[2:]),
         None,
         radius,
-        1,
+        step,
     )
     k, windows = z.shape[-2:]
     chunk = _chunk_size(maps, windows, radius, z.dtype.itemsize)
@@ -107,8 +108,8 @@ def build(size: int) -> tuple[dict[str, Callable[[], Any]], dict[str, float], fl
     sgemm = jax.jit(lambda a: a @ a)
 
     functions = {
-        "floor": lambda: floor(x, y),
-        "rmi_jax": lambda: loss(x, y),
+        "floor": floor.fwdbwd,
+        "rmi_jax": loss.fwdbwd,
         "statistics": lambda: stats(p_maps),
         "householder": lambda: householder(tall),
         "sgemm": lambda: sgemm(square),
