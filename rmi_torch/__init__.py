@@ -1,6 +1,11 @@
 """Region Mutual Information (RMI) loss for PyTorch, matching ``rmi_jax`` value for value."""
 
-from rmi_torch.api import RMILoss, rmi_loss
-from rmi_torch.labels import LabelRMILoss, rmi_loss_from_labels
+from rmi_core import __version__ as __version__  # the distribution's one version
+from rmi_core import require_framework
+
+require_framework("torch", "PyTorch", extra="torch")
+
+from rmi_torch.api import RMILoss, rmi_loss  # noqa: E402
+from rmi_torch.labels import LabelRMILoss, rmi_loss_from_labels  # noqa: E402
 
 __all__ = ["LabelRMILoss", "RMILoss", "rmi_loss", "rmi_loss_from_labels"]
