@@ -1,8 +1,9 @@
-"""The literal RMI algorithm of SPEC section 1, in PyTorch: the benchmark's stand-in baseline.
+"""The literal RMI algorithm in PyTorch: the benchmark's stand-in baseline.
 
-Written step by step from the specification (BCE, sigmoid, max pool, ``F.unfold`` regions,
-centring, the three Gram matrices, an explicit inverse, a Cholesky factor) so that it costs what
-the existing implementations cost: the benchmark compares the project's backends against it.
+Written step by step from the dense semantics, docs/semantics.md#dense-targets (BCE, sigmoid,
+max pool, ``F.unfold`` regions, centring, the three Gram matrices, an explicit inverse, a Cholesky
+factor) so that it costs what the existing implementations cost: the benchmark compares the
+project's backends against it.
 It is deliberately *not* optimised and not part of the public packages.
 """
 
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 
 __all__ = ["baseline_rmi_loss"]
 
-# The reference adds this inside the log of the Cholesky diagonal (SPEC 1.7): a parity quirk.
+# The reference adds this inside the log of the Cholesky diagonal: a parity quirk
+# (docs/semantics.md#dense-targets, step 7).
 _CHOLESKY_LOG_OFFSET = 1e-8
 
 

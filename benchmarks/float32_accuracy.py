@@ -1,4 +1,5 @@
-"""float32 accuracy of both backends against the float64 NumPy reference (SPEC "Known facts").
+"""float32 accuracy of both backends against the float64 NumPy reference
+(docs/semantics.md#float32-facts).
 
 ``python -m benchmarks.float32_accuracy`` prints, for a 2x3x256x256 binary target, predictions
 ``0.98 * target + 0.01`` ("near-perfect"), exactly ``target`` ("exact") and uniform noise

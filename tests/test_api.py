@@ -49,7 +49,8 @@ BACKENDS = [pytest.param(jax_loss, id="jax"), pytest.param(torch_loss, id="torch
 @pytest.mark.parametrize("use_log_trace", [True, False])
 @pytest.mark.parametrize("bce_weight", [0.0, 0.5])
 def test_constant_prediction_and_target_give_the_closed_form(loss, use_log_trace, bce_weight):
-    """SPEC: constant maps centre to zero, M = 0, and each (n, c) gives log(sqrt(eps) + offset)."""
+    """Constant maps centre to zero, M = 0, and each (n, c) gives log(sqrt(eps) + offset)
+    (docs/semantics.md#float32-facts)."""
     eps, classes, p, y = 5e-4, 3, 0.3, 1.0
     pred = np.full((2, classes, 15, 15), p, np.float32)
     target = np.full_like(pred, y)
@@ -112,7 +113,7 @@ def test_extreme_logits_stay_finite(value_and_grads, scale):
     assert np.isfinite(grad_pred).all() and np.isfinite(grad_target).all()
 
 
-# float32 vs float64 on the near-perfect case of SPEC "Known numerical facts" (64x64 here): the
+# float32 vs float64 on the near-perfect case of docs/semantics.md#float32-facts (64x64 here): the
 # issue's bounds, 1e-5 at stride 3 and 1e-3 at stride 1 (where the literal float32 code fails).
 NEAR_PERFECT_RTOL = {3: 1e-5, 1: 1e-3}
 
@@ -196,7 +197,8 @@ def test_torch_float32_route_is_close_to_float64():
 
 
 def test_torch_module_has_the_reference_constructor():
-    """Drop-in for rmi-pytorch 0.1.2: positional order, names and defaults (SPEC section 1)."""
+    """Drop-in for rmi-pytorch 0.1.2: positional order, names and defaults
+    (docs/semantics.md#dense-api)."""
     reference = [
         ("with_logits", inspect.Parameter.empty),
         ("radius", 3),

@@ -18,9 +18,9 @@ from benchmarks import bench  # noqa: E402
 from benchmarks.baseline_torch import baseline_rmi_loss  # noqa: E402
 
 # Baseline vs the independent NumPy reference, both float64 end to end: they differ only in
-# summation order and LAPACK routines (about 1e-13 here); SPEC demands parity to 1e-10.
+# summation order and LAPACK routines (about 1e-13 here); docs/semantics.md#tolerances asks 1e-10.
 REFERENCE_RTOL = 1e-10
-# Closed form of constant inputs (SPEC "Known numerical facts"), float64 inputs: rounding only.
+# Closed form of constant inputs (docs/semantics.md#float32-facts), float64 inputs: rounding only.
 CLOSED_FORM_RTOL_F64 = 1e-12
 # The same in float32: a few ulps of float32 accumulated over a handful of operations.
 CLOSED_FORM_RTOL_F32 = 1e-6

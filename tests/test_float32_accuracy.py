@@ -1,4 +1,5 @@
-"""Issue bounds on the float32 routes at the SPEC's hard cases (2x3x256x256, bce_weight=0)."""
+"""Issue bounds on the float32 routes at the hard cases (2x3x256x256, bce_weight=0) of
+docs/semantics.md#float32-facts."""
 
 import numpy as np
 import pytest
