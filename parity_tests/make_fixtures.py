@@ -3,8 +3,9 @@
 Run as ``python -m parity_tests.make_fixtures``.
 
 Deterministic: every case draws from its own seeded generator, so the files are reproducible and
-adding a case never changes the others. ``CASES`` are the dense-target cases (SPEC §1, files
-``dense-*.npz``), ``LABEL_CASES`` the label-map cases (SPEC §2, files ``labels-*.npz``).
+adding a case never changes the others. ``CASES`` are the dense-target cases (files
+``dense-*.npz``, docs/semantics.md#dense-targets), ``LABEL_CASES`` the label-map cases (files
+``labels-*.npz``, docs/semantics.md#label-maps).
 """
 
 from __future__ import annotations
@@ -433,6 +434,24 @@ LABEL_CASES = [
         out_of_range=0.0,
         options={"exclude_ignored": True},
     ),
+    # Scattered ignored pixels (about 1 in 100), every pool way and size 2-4: the validity of a
+    # pooled or resized cell then depends on pixels all over the map, not on one strip.
+    *(
+        LabelCase(
+            f"exclude-ignored-scattered-way{way}-pool{size}",
+            shape=(2, 4, 41, 37),
+            ignored=0.008,
+            out_of_range=0.002,
+            options={
+                "exclude_ignored": True,
+                "rmi_pool_way": way,
+                "rmi_pool_size": size,
+                "rmi_pool_stride": size,
+            },
+        )
+        for way in (0, 1, 2)
+        for size in (2, 3, 4)
+    ),
 ]
 
 
@@ -467,7 +486,8 @@ def build_label_fixture(case: LabelCase) -> Fixture:
         target=labels,
         options=options,
         value=value,
-        # The label-map loss is one number for the batch (SPEC §2.3): no per-example split.
+        # The label-map loss is one number for the batch (docs/semantics.md#label-maps, step 3):
+        # no per-example split.
         per_example=np.zeros(0),
         joint_condition=reference.joint_condition_of_regions(
             p_regions, y_regions, reference.LABEL_EPSILON
