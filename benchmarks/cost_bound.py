@@ -63,9 +63,9 @@ def build(size: int) -> tuple[dict[str, Callable[[], Any]], dict[str, float], fl
     import jax.numpy as jnp
 
     from rmi_jax import rmi_loss
-    from rmi_jax._statistics import _chunk_size, _joint_vectors, region_log_det
-    from rmi_jax._windows import downsample, window_step
-    from rmi_jax.api import CHOLESKY_LOG_OFFSET
+    from rmi_core.options import CHOLESKY_LOG_OFFSET, CHUNK_BYTES, maps_per_chunk, window_step
+    from rmi_jax._statistics import _joint_vectors, region_log_det
+    from rmi_jax._windows import downsample
 
     # The statistics exactly as the loss runs them with its defaults.
     default = {k: p.default for k, p in inspect.signature(rmi_loss).parameters.items()}
@@ -98,7 +98,7 @@ def build(size: int) -> tuple[dict[str, Callable[[], Any]], dict[str, float], fl
         step,
     )
     k, windows = z.shape[-2:]
-    chunk = _chunk_size(maps, windows, radius, z.dtype.itemsize)
+    chunk = maps_per_chunk(maps, windows, radius, z.dtype.itemsize, CHUNK_BYTES["cpu"])
     ridge = jnp.broadcast_to(jnp.sqrt(epsilon) * jnp.eye(k, dtype=z.dtype), (maps, k, k))
     tall = jnp.concatenate([jnp.swapaxes(z, -1, -2), ridge], axis=-2)  # [maps, L + 2d, 2d]
     householder = jax.jit(

@@ -16,6 +16,7 @@ from parity_tests.tolerances import (
     F32_VALUE_ATOL,
     F32_VALUE_RTOL,
     f32_grad_rtol,
+    f32_same_math_grad_rtol,
     relative_error,
 )
 from rmi_jax import rmi_loss
@@ -72,7 +73,7 @@ def test_jit_equals_eager(fixture: Fixture) -> None:
     eager = jax.value_and_grad(loss)(pred, target)
     jitted = jax.jit(jax.value_and_grad(loss))(pred, target)
     assert_same_math(jitted[0], eager[0])
-    assert relative_error(jitted[1], eager[1]) < F32_SAME_MATH_RTOL
+    assert relative_error(jitted[1], eager[1]) < f32_same_math_grad_rtol(fixture)
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))

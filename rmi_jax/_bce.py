@@ -66,3 +66,14 @@ def bce_per_example(
     summed = jnp.where(mask, elementwise.reshape(batch, -1), 0.0).sum(axis=-1)
     # Counted in integers: a float32 count stops being exact at 2**24 elements.
     return summed / jnp.count_nonzero(mask, axis=-1).astype(summed.dtype)
+
+
+def label_bce(logits: jnp.ndarray, target: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+    """BCE with logits summed over valid pixels and all classes, over ``valid pixels + 1``.
+
+    ``[N, C, H, W]`` logits and target, ``[N, H, W]`` boolean ``valid``; one number for the
+    whole batch, as in the authors' code (the ``+ 1`` keeps an all-ignored batch finite).
+    """
+    elementwise = _bce_logits(logits, target) * valid[:, None]
+    # Counted in integers: a float32 count stops being exact at 2**24 pixels.
+    return elementwise.sum() / (jnp.count_nonzero(valid) + 1).astype(logits.dtype)

@@ -1,4 +1,5 @@
-"""Downsampling and region extraction on ``[..., H, W]`` maps."""
+"""Downsampling (pooling, resizing) and region windows on ``[..., H, W]`` maps, and which
+windows a pixel mask leaves whole."""
 
 from __future__ import annotations
 
@@ -6,33 +7,16 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-DOWNSAMPLING_METHODS = ("max", "avg", "region-extraction")
-
-
-def pooled_size(size: int, stride: int) -> int:
-    """Output length of a pooling with kernel = stride = ``stride`` and padding ``stride // 2``."""
-    return (size + 2 * (stride // 2) - stride) // stride + 1
-
-
-def map_size_after_downsampling(size: int, method: str, stride: int) -> int:
-    """Length of one spatial axis after the downsampling step (unchanged for region extraction)."""
-    if stride == 1 or method == "region-extraction":
-        return size
-    return pooled_size(size, stride)
-
-
-def window_step(method: str, stride: int) -> int:
-    """Spacing between region windows: region extraction subsamples here instead of pooling."""
-    return stride if method == "region-extraction" else 1
-
-
-def minimum_input_size(radius: int, method: str, stride: int) -> int:
-    """Smallest input length per axis that leaves room for one ``radius x radius`` window."""
-    if stride == 1 or method == "region-extraction":
-        return radius
-    return radius * stride - 2 * (stride // 2)
-
+from rmi_core.options import (
+    corner_aligned_taps,
+    empty_window_error,
+    nearest_source_indices,
+    pooled_size,
+    window_grid,
+    window_step,
+)
 
 Axes = tuple[int, int]
 
@@ -109,12 +93,15 @@ def _window_positions(blocks_shape, stride: int, window_axes: Axes) -> jnp.ndarr
     return rows * stride + cols
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool(x: jnp.ndarray, stride: int, axes: Axes) -> jnp.ndarray:
-    return _max_pool_fwd(x, stride, axes)[0]
+# The input shape is a static argument, not a residual: residuals are arrays, and a shape with
+# a symbolic (shape-polymorphic) size would become one.
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: jnp.ndarray, stride: int, axes: Axes, shape: tuple) -> jnp.ndarray:
+    return _max_pool_fwd(x, stride, axes, shape)[0]
 
 
-def _max_pool_fwd(x, stride, axes):
+def _max_pool_fwd(x, stride, axes, shape):
+    del shape
     pooled = _pool_windows(x, stride, -jnp.inf, jax.lax.max, axes)
     # The position of each window's first maximum, found by a reduction: XLA keeps its result,
     # where an elementwise formula would be re-evaluated for every pixel in the backward pass.
@@ -122,12 +109,11 @@ def _max_pool_fwd(x, stride, axes):
     positions = _window_positions(blocks.shape, stride, window_axes)
     is_maximum = blocks == jnp.expand_dims(pooled, window_axes)
     first = jnp.where(is_maximum, positions, stride * stride).min(axis=window_axes)
-    return pooled, (first, x.shape)
+    return pooled, first
 
 
-def _max_pool_bwd(stride, axes, residuals, cotangent):
+def _max_pool_bwd(stride, axes, shape, first, cotangent):
     # The gradient goes to the first maximum of each window only, as in PyTorch.
-    first, shape = residuals
     cotangent = _cells_as_blocks(cotangent, stride, axes)
     positions = _window_positions(cotangent.shape, stride, _window_axes(axes))
     winner = positions == _cells_as_blocks(first, stride, axes)
@@ -137,17 +123,19 @@ def _max_pool_bwd(stride, axes, residuals, cotangent):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _avg_pool(x: jnp.ndarray, stride: int, axes: Axes) -> jnp.ndarray:
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _avg_pool(x: jnp.ndarray, stride: int, axes: Axes, shape: tuple) -> jnp.ndarray:
+    del shape
     # Padded zeros count in the average (PyTorch's count_include_pad=True).
     return _pool_windows(x, stride, 0.0, jax.lax.add, axes) / (stride * stride)
 
 
-def _avg_pool_fwd(x, stride, axes):
-    return _avg_pool(x, stride, axes), x.shape
+def _avg_pool_fwd(x, stride, axes, shape):
+    return _avg_pool(x, stride, axes, shape), None
 
 
-def _avg_pool_bwd(stride, axes, shape, cotangent):
+def _avg_pool_bwd(stride, axes, shape, residuals, cotangent):
+    del residuals
     blocks = _cells_as_blocks(cotangent / (stride * stride), stride, axes)
     return (_from_window_blocks(blocks, stride, shape, axes),)
 
@@ -161,8 +149,8 @@ def downsample(x: jnp.ndarray, method: str, stride: int, axes: Axes | None = Non
         return x
     axes = (x.ndim - 2, x.ndim - 1) if axes is None else tuple(a % x.ndim for a in axes)
     if method == "max":
-        return _max_pool(x, stride, axes)
-    return _avg_pool(x, stride, axes)
+        return _max_pool(x, stride, axes, x.shape)
+    return _avg_pool(x, stride, axes, x.shape)
 
 
 def region_vectors(x: jnp.ndarray, radius: int, step: int) -> jnp.ndarray:
@@ -171,9 +159,7 @@ def region_vectors(x: jnp.ndarray, radius: int, step: int) -> jnp.ndarray:
     Entry ``i * radius + j`` of a vector is the window's pixel at row ``i``, column ``j``
     (``torch.nn.functional.unfold`` order); windows are enumerated row-major.
     """
-    height, width = x.shape[-2:]
-    rows = (height - radius) // step + 1
-    cols = (width - radius) // step + 1
+    rows, cols = window_grid(*x.shape[-2:], radius, step)
     shifted = [
         x[..., i : i + step * (rows - 1) + 1 : step, j : j + step * (cols - 1) + 1 : step]
         for i in range(radius)
@@ -196,3 +182,66 @@ def window_weights(valid_cells: jnp.ndarray, radius: int, step: int, dtype) -> j
     :func:`region_vectors` order) made of valid cells only, 0 for those touching a masked one."""
     masked = jnp.logical_not(valid_cells).astype(dtype)
     return 1.0 - region_vectors(masked, radius, step).max(axis=-2)
+
+
+def masked_window_weights(
+    mask: jnp.ndarray, name: str, *, radius: int, method: str, stride: int, dtype
+) -> jnp.ndarray:
+    """``[N, H, W]`` pixel mask -> ``[N, L]`` 0/1 weights of the region windows it leaves whole.
+
+    Raises if a concrete ``mask`` (called ``name`` in the message) leaves an example without
+    any window; a traced one cannot be checked.
+    """
+    cells = downsample_validity(mask, method, stride)
+    weights = window_weights(cells, radius, window_step(method, stride), dtype)
+    if not isinstance(weights, jax.core.Tracer):
+        empty = np.flatnonzero(np.asarray(weights).sum(axis=-1) == 0)
+        if empty.size:
+            raise empty_window_error(
+                name, empty.tolist(), radius=radius, method=method, stride=stride
+            )
+    return weights
+
+
+def resize_nearest(maps: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+    """Nearest-neighbour resize of the last two axes to ``size``, PyTorch's index rule."""
+    rows = nearest_source_indices(maps.shape[-2], size[0])
+    cols = nearest_source_indices(maps.shape[-1], size[1])
+    return jnp.take(jnp.take(maps, rows, axis=-2), cols, axis=-1)
+
+
+def _resize_axis_linear(x: jnp.ndarray, axis: int, size_out: int) -> jnp.ndarray:
+    lower, upper, weight = corner_aligned_taps(x.shape[axis], size_out)
+    shape = [1] * x.ndim
+    shape[axis] = size_out
+    weight = jnp.asarray(weight.reshape(shape), x.dtype)
+    # Two gathers and a blend, not an interpolation matrix: no matmul, so no reduced-precision
+    # (TF32/bf16) accelerator kernels, and the cost stays linear in the map size.
+    return jnp.take(x, lower, axis=axis) * (1.0 - weight) + jnp.take(x, upper, axis=axis) * weight
+
+
+def resize_bilinear_corners(maps: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+    """Bilinear resize of the last two axes to ``size`` with aligned corners.
+
+    PyTorch's ``interpolate(mode="bilinear", align_corners=True)``, which ``jax.image.resize``
+    does not offer.
+    """
+    rows_done = _resize_axis_linear(maps, maps.ndim - 2, size[0])
+    return _resize_axis_linear(rows_done, maps.ndim - 1, size[1])
+
+
+def resize_validity(valid: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+    """Which cells of the resized maps come from valid pixels only: every bilinear tap of
+    nonzero weight, and the nearest-neighbour source, must be valid.
+
+    The bilinear taps of a cell are the product of its row taps and its column taps, so their
+    validity is checked one axis after the other; the nearest source is one pixel, read apart.
+    """
+    taps_valid = valid
+    for axis, size_out in zip((-2, -1), size, strict=True):
+        lower, upper, weight = corner_aligned_taps(valid.shape[axis], size_out)
+        upper_unused = jnp.asarray(weight == 0).reshape((-1, 1) if axis == -2 else (-1,))
+        taps_valid = jnp.take(taps_valid, lower, axis=axis) & (
+            jnp.take(taps_valid, upper, axis=axis) | upper_unused
+        )
+    return taps_valid & resize_nearest(valid, size)

@@ -1,33 +1,42 @@
-"""RMI loss from integer label maps: the paper authors' semantics (SPEC §2), and its validation."""
+"""RMI loss from integer label maps: the paper authors' semantics (``docs/semantics.md``)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
-from rmi_jax._bce import _bce_logits
-from rmi_jax._windows import map_size_after_downsampling, minimum_input_size
-from rmi_jax.api import (
+from rmi_core.options import (
     CHOLESKY_LOG_OFFSET,
-    _require_bool,
-    _require_int,
-    _require_real,
-    _rmi_lower_bound,
-    check_prediction,
-    masked_window_weights,
+    LABEL_EPSILON,
+    PROBABILITY_OFFSET,
+    LossTerms,
+    check_epsilon,
+    check_label_options,
+    check_label_shapes,
+    label_pooling_method,
+    label_term_weights,
+    label_window_grid,
+    terms_to_compute,
+    weighted_sum,
+    window_step,
 )
-
-# What each ``rmi_pool_way`` does, and the dense semantics' name for the two poolings.
-POOL_WAYS = {0: "max pooling", 1: "average pooling", 2: "interpolation"}
-_POOLING_METHODS = {0: "max", 1: "avg"}
-LAMBDA_WAYS = {0: "BCE + lambda * RMI", 1: "lambda * BCE + (1 - lambda) * RMI"}
-# The authors' code adds this to every probability (an offset, not a clamp) and fixes epsilon.
-PROBABILITY_OFFSET = 1e-6
-EPSILON = 5e-4
-# ignore_index may be any label value, negative ones included (labels are at most int64).
-_SMALLEST_LABEL = -(2**63)
+from rmi_jax._bce import label_bce
+from rmi_jax._statistics import lower_bound
+from rmi_jax._windows import (
+    downsample,
+    masked_window_weights,
+    resize_bilinear_corners,
+    resize_nearest,
+    resize_validity,
+)
+from rmi_jax.api import (
+    check_prediction,
+    check_x64,
+    nan_where_flagged,
+    non_finite_flags,
+    weight_in,
+)
 
 
 def rmi_loss_from_labels(
@@ -39,12 +48,14 @@ def rmi_loss_from_labels(
     rmi_pool_way: int = 0,
     rmi_pool_size: int = 3,
     rmi_pool_stride: int = 3,
-    loss_weight_lambda: float = 0.5,
+    loss_weight_lambda: float | ArrayLike = 0.5,
     lambda_way: int = 1,
     ignore_index: int = 255,
+    use_double_precision: bool = False,
     channel_axis: int = -1,
     exclude_ignored: bool = False,
-) -> jax.Array:
+    return_terms: bool = False,
+) -> jax.Array | LossTerms:
     r"""RMI loss of logits against an integer label map, as in the RMI paper authors' code.
 
     Pixels whose label is ``ignore_index``, ``>= num_classes`` or negative are ignored. With
@@ -61,7 +72,8 @@ def rmi_loss_from_labels(
     :math:`\lambda \mathrm{BCE} + (1 - \lambda) \mathrm{RMI}` (``lambda_way=1``) or
     :math:`\mathrm{BCE} + \lambda \mathrm{RMI}` (``lambda_way=0``). Ignored pixels still count
     as points of the region statistics, as in the authors' code, unless ``exclude_ignored``.
-    The value can be negative.
+    The value can be negative; it is NaN if a logit is NaN or infinite (ignored pixels
+    included).
 
     Args:
       logits: ``[N, H, W, C]`` by default (``[N, C, H, W]`` with ``channel_axis=1``); any
@@ -75,18 +87,26 @@ def rmi_loss_from_labels(
         for the probabilities.
       rmi_pool_size: the pooling kernel; must equal ``rmi_pool_stride``.
       rmi_pool_stride: downsampling factor; 1 disables downsampling.
-      loss_weight_lambda: :math:`\lambda` in ``[0, 1]``.
+      loss_weight_lambda: :math:`\lambda` in ``[0, 1]``: a Python number, or a scalar array
+        that may be traced (no recompilation when it changes; both terms are then computed).
       lambda_way: how :math:`\lambda` combines the two terms (1 or 0, see above).
       ignore_index: a label value to ignore besides those outside ``[0, num_classes)``.
-      channel_axis: axis of ``logits`` holding the classes (``-1`` NHWC, ``1`` NCHW).
+      use_double_precision: region statistics in float64, as the authors' code computes them
+        (needs ``jax_enable_x64``); the default float32 route is accurate too. float64 logits
+        are always computed in float64.
+      channel_axis: axis of ``logits`` holding the classes (``-1`` NHWC, ``1`` NCHW; any axis
+        but the batch axis 0).
       exclude_ignored: leave out of the statistics every region window that touches an ignored
         pixel (after downsampling: a cell is ignored if any pixel it is pooled or resized from
         is), instead of counting ignored pixels as zero points; centring and covariances use
         the remaining windows. Each example needs one such window: checked (``ValueError``)
         for concrete labels; traced labels (under ``jit``) without one give NaN.
+      return_terms: return ``LossTerms(total, bce, rmi)``: the loss and its two unweighted
+        terms (``total`` weighs them as ``lambda_way`` says), for logging.
 
     Returns:
-      The scalar loss: float32, or float64 for float64 logits (the dtype of the statistics).
+      The scalar loss (or a ``LossTerms`` of scalars): float32, or float64 when the statistics
+      run in float64.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -100,11 +120,11 @@ def rmi_loss_from_labels(
       ((), (2, 32, 32, 5))
 
     References:
-      Zhao, Cai, Xu, Yang, He. "Region Mutual Information Loss for Semantic Segmentation",
+      Zhao, Wang, Yang, Cai. "Region Mutual Information Loss for Semantic Segmentation",
       NeurIPS 2019. https://arxiv.org/abs/1910.12037 (code: github.com/ZJULearning/RMI)
     """
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    _validate_label_options(
+    check_label_options(
         num_classes=num_classes,
         rmi_radius=rmi_radius,
         rmi_pool_way=rmi_pool_way,
@@ -113,57 +133,62 @@ def rmi_loss_from_labels(
         loss_weight_lambda=loss_weight_lambda,
         lambda_way=lambda_way,
         ignore_index=ignore_index,
+        use_double_precision=use_double_precision,
         exclude_ignored=exclude_ignored,
+        return_terms=return_terms,
     )
-    _validate_label_arrays(
-        logits,
-        labels,
+    nchw = check_prediction("logits", logits, channel_axis)
+    check_label_shapes(
+        nchw,
+        logits.shape,
+        labels.shape,
         num_classes=num_classes,
+        channel_axis=channel_axis,
         radius=rmi_radius,
         pool_way=rmi_pool_way,
         stride=rmi_pool_stride,
-        channel_axis=channel_axis,
     )
-    # Elementwise work and statistics in the input precision, but at least float32.
-    dtype = jnp.promote_types(logits.dtype, jnp.float32)
-    logits = jnp.moveaxis(logits, channel_axis, 1).astype(dtype)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"labels must have an integer dtype (class indices), got {labels.dtype}")
+    check_x64(use_double_precision)
+    # Elementwise work in the input precision but at least float32, as the authors' code does;
+    # statistics in float32 unless float64 was asked for or given.
+    work_dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    stats_dtype = jnp.float64 if use_double_precision else work_dtype
+    check_epsilon(
+        LABEL_EPSILON,
+        radius=rmi_radius,
+        grid=label_window_grid(*nchw[2:], rmi_radius, rmi_pool_way, rmi_pool_stride),
+        unit_roundoff=float(jnp.finfo(stats_dtype).eps),
+        dtype_name=jnp.dtype(stats_dtype).name,
+    )
+    logits = jnp.moveaxis(logits, channel_axis, 1).astype(work_dtype)
     valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
     classes = jnp.arange(num_classes)[None, :, None, None]
-    target = ((labels[:, None] == classes) & valid[:, None]).astype(dtype)
+    target = ((labels[:, None] == classes) & valid[:, None]).astype(work_dtype)
 
-    bce_weight, rmi_weight = label_term_weights(loss_weight_lambda, lambda_way)
-    loss = jnp.zeros((), dtype)
-    if bce_weight != 0:
-        loss += bce_weight * masked_bce(logits, target, valid)
-    if rmi_weight != 0:
+    bce_weight, rmi_weight = label_term_weights(
+        weight_in(loss_weight_lambda, stats_dtype), lambda_way
+    )
+    need_bce, need_rmi = terms_to_compute(bce_weight, rmi_weight, return_terms)
+    bce = rmi = None
+    if need_bce:
+        bce = label_bce(logits, target, valid).astype(stats_dtype)
+    if need_rmi:
         probabilities = jax.nn.sigmoid(logits) * valid[:, None] + PROBABILITY_OFFSET
-        loss += rmi_weight * label_rmi_term(
+        rmi = label_rmi_term(
             probabilities,
             target,
             valid if exclude_ignored else None,
             radius=rmi_radius,
             pool_way=rmi_pool_way,
             stride=rmi_pool_stride,
+            dtype=stats_dtype,
         )
-    return loss
-
-
-def label_term_weights(loss_weight_lambda: float, lambda_way: int) -> tuple[float, float]:
-    """Weights of the BCE and RMI terms: ``(l, 1 - l)`` for ``lambda_way=1``, else ``(1, l)``."""
-    if lambda_way == 1:
-        return loss_weight_lambda, 1.0 - loss_weight_lambda
-    return 1.0, loss_weight_lambda
-
-
-def masked_bce(logits: jnp.ndarray, target: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
-    """BCE with logits summed over valid pixels and all classes, over ``valid pixels + 1``.
-
-    ``[N, C, H, W]`` logits and target, ``[N, H, W]`` boolean ``valid``; one number for the
-    whole batch, as in the authors' code (the ``+ 1`` keeps an all-ignored batch finite).
-    """
-    elementwise = _bce_logits(logits, target) * valid[:, None]
-    # Counted in integers: a float32 count stops being exact at 2**24 pixels.
-    return elementwise.sum() / (jnp.count_nonzero(valid) + 1).astype(logits.dtype)
+    # NaN or an infinity in the logits makes the loss NaN; the BCE flags them when computed.
+    flags = non_finite_flags(logits).sum() if bce is None else bce
+    total = nan_where_flagged(weighted_sum(bce_weight, bce, rmi_weight, rmi), flags)
+    return LossTerms(total, bce, rmi) if return_terms else total
 
 
 def label_rmi_term(
@@ -174,13 +199,15 @@ def label_rmi_term(
     radius: int,
     pool_way: int,
     stride: int,
+    dtype,
 ) -> jnp.ndarray:
     """Per class the batch mean of ``0.5 logdet(M + eps I) / d``, summed over classes.
 
-    ``probabilities`` and ``target`` are ``[N, C, H, W]`` at full resolution. ``valid``: ``None``
-    (every window counts) or the ``[N, H, W]`` mask whose invalid pixels' windows leave.
+    ``probabilities`` and ``target`` are ``[N, C, H, W]`` at full resolution; the statistics
+    run in ``dtype``. ``valid``: ``None`` (every window counts) or the ``[N, H, W]`` mask whose
+    invalid pixels' windows leave.
     """
-    method = _POOLING_METHODS.get(pool_way, "max")
+    method = label_pooling_method(pool_way)
     window_mask = None
     if pool_way == 2 and stride > 1:
         size = (probabilities.shape[2] // stride, probabilities.shape[3] // stride)
@@ -195,171 +222,16 @@ def label_rmi_term(
             radius=radius,
             method=method,
             stride=stride,
-            dtype=probabilities.dtype,
+            dtype=dtype,
         )
-    lower_bound = _rmi_lower_bound(
-        probabilities,
-        target,
+    per_class = lower_bound(
+        downsample(probabilities, method, stride),
+        downsample(target, method, stride),
+        window_mask,
         radius=radius,
-        downsampling_method=method,
-        stride=stride,
+        step=window_step(method, stride),
+        epsilon=LABEL_EPSILON,
         offset=CHOLESKY_LOG_OFFSET,
-        epsilon=EPSILON,
-        dtype=probabilities.dtype,
-        window_weights=window_mask,
+        dtype=dtype,
     )
-    return lower_bound.mean(axis=0).sum()
-
-
-def nearest_source_indices(size_in: int, size_out: int) -> np.ndarray:
-    """Input index read by each output index of PyTorch's ``interpolate(mode="nearest")``.
-
-    ``floor(i * in / out)`` with the scale and the product in float32, as PyTorch computes
-    them: exact arithmetic reads a different row for some sizes (e.g. 106 -> 26).
-    """
-    positions = np.arange(size_out, dtype=np.float32) * (np.float32(size_in) / size_out)
-    return np.minimum(np.floor(positions).astype(np.int32), size_in - 1)
-
-
-def resize_nearest(maps: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
-    """Nearest-neighbour resize of the last two axes to ``size``, PyTorch's index rule."""
-    rows = nearest_source_indices(maps.shape[-2], size[0])
-    cols = nearest_source_indices(maps.shape[-1], size[1])
-    return jnp.take(jnp.take(maps, rows, axis=-2), cols, axis=-1)
-
-
-def _corner_aligned_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower and upper source index and upper weight of each output of a linear resize."""
-    # Aligned corners: output i sits at input position i * (in - 1) / (out - 1).
-    scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
-    positions = np.arange(size_out) * scale
-    lower = np.minimum(np.floor(positions).astype(np.int32), size_in - 1)
-    upper = np.minimum(lower + 1, size_in - 1)
-    return lower, upper, positions - lower
-
-
-def _resize_axis_linear(x: jnp.ndarray, axis: int, size_out: int) -> jnp.ndarray:
-    lower, upper, weight = _corner_aligned_taps(x.shape[axis], size_out)
-    shape = [1] * x.ndim
-    shape[axis] = size_out
-    weight = jnp.asarray(weight.reshape(shape), x.dtype)
-    # Two gathers and a blend, not an interpolation matrix: no matmul, so no reduced-precision
-    # (TF32/bf16) accelerator kernels, and the cost stays linear in the map size.
-    return jnp.take(x, lower, axis=axis) * (1.0 - weight) + jnp.take(x, upper, axis=axis) * weight
-
-
-def resize_validity(valid: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
-    """Which cells of the resized maps come from valid pixels only: the nearest-neighbour
-    source and every bilinear tap of nonzero weight must be valid."""
-    for axis, size_out in zip((-2, -1), size, strict=True):
-        lower, upper, weight = _corner_aligned_taps(valid.shape[axis], size_out)
-        nearest = nearest_source_indices(valid.shape[axis], size_out)
-        upper_used = jnp.take(valid, upper, axis=axis) | jnp.asarray(weight == 0).reshape(
-            (-1, 1) if axis == -2 else (-1,)
-        )
-        valid = jnp.take(valid, lower, axis=axis) & upper_used & jnp.take(valid, nearest, axis=axis)
-    return valid
-
-
-def resize_bilinear_corners(maps: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
-    """Bilinear resize of the last two axes to ``size`` with aligned corners.
-
-    PyTorch's ``interpolate(mode="bilinear", align_corners=True)``, which ``jax.image.resize``
-    does not offer.
-    """
-    rows_done = _resize_axis_linear(maps, maps.ndim - 2, size[0])
-    return _resize_axis_linear(rows_done, maps.ndim - 1, size[1])
-
-
-def label_map_size(size: int, pool_way: int, stride: int) -> int:
-    """Length of one spatial axis after the label-map downsampling."""
-    if pool_way == 2 and stride > 1:
-        return size // stride
-    return map_size_after_downsampling(size, "max", stride)
-
-
-def minimum_label_input_size(radius: int, pool_way: int, stride: int) -> int:
-    """Smallest input length per axis that leaves room for one region after downsampling."""
-    if pool_way == 2 and stride > 1:
-        return radius * stride
-    return minimum_input_size(radius, "max", stride)
-
-
-def _require_choice(name: str, value: object, choices: dict[int, str]) -> None:
-    _require_int(name, value, min(choices))
-    if value not in choices:
-        listed = ", ".join(f"{key} ({meaning})" for key, meaning in choices.items())
-        raise ValueError(f"{name} must be one of {listed}, got {value}")
-
-
-def _validate_label_options(
-    *,
-    num_classes: object,
-    rmi_radius: object,
-    rmi_pool_way: object,
-    rmi_pool_size: object,
-    rmi_pool_stride: object,
-    loss_weight_lambda: object,
-    lambda_way: object,
-    ignore_index: object,
-    exclude_ignored: object,
-) -> None:
-    """Check the Python-valued options (static, so free under ``jit``)."""
-    _require_int("num_classes", num_classes, 1)
-    _require_int("rmi_radius", rmi_radius, 1)
-    _require_choice("rmi_pool_way", rmi_pool_way, POOL_WAYS)
-    _require_int("rmi_pool_size", rmi_pool_size, 1)
-    _require_int("rmi_pool_stride", rmi_pool_stride, 1)
-    if rmi_pool_size != rmi_pool_stride:
-        raise ValueError(
-            f"rmi_pool_size must equal rmi_pool_stride (the pooling kernel is the stride), got "
-            f"rmi_pool_size={rmi_pool_size} and rmi_pool_stride={rmi_pool_stride}"
-        )
-    weight = _require_real("loss_weight_lambda", loss_weight_lambda)
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"loss_weight_lambda must be in [0, 1], got {loss_weight_lambda}")
-    _require_choice("lambda_way", lambda_way, LAMBDA_WAYS)
-    _require_int("ignore_index", ignore_index, _SMALLEST_LABEL)
-    _require_bool("exclude_ignored", exclude_ignored)
-
-
-def _validate_label_arrays(
-    logits: jnp.ndarray,
-    labels: jnp.ndarray,
-    *,
-    num_classes: int,
-    radius: int,
-    pool_way: int,
-    stride: int,
-    channel_axis: object,
-) -> None:
-    """Check ranks, shapes, dtypes and that a region fits (shapes only: runs at trace time)."""
-    batch, classes, height, width = check_prediction("logits", logits, channel_axis)
-    if labels.shape != (batch, height, width):
-        raise ValueError(
-            f"labels must have shape [N, H, W] = {(batch, height, width)} to match logits of "
-            f"shape {logits.shape}, got shape {labels.shape}"
-        )
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"labels must have an integer dtype (class indices), got {labels.dtype}")
-    if batch == 0:
-        raise ValueError(f"logits must have at least one example, got shape {logits.shape}")
-    if classes != num_classes:
-        raise ValueError(
-            f"num_classes={num_classes} must equal the number of channels of logits, got "
-            f"{classes} channels on channel_axis={channel_axis} (shape {logits.shape})"
-        )
-    _check_regions_fit(height, width, radius=radius, pool_way=pool_way, stride=stride)
-
-
-def _check_regions_fit(height: int, width: int, *, radius: int, pool_way: int, stride: int):
-    map_h = label_map_size(height, pool_way, stride)
-    map_w = label_map_size(width, pool_way, stride)
-    if min(map_h, map_w) < radius:
-        minimum = minimum_label_input_size(radius, pool_way, stride)
-        raise ValueError(
-            f"logits' spatial size {height}x{width} becomes {map_h}x{map_w} after "
-            f"rmi_pool_way={pool_way} ({POOL_WAYS[pool_way]}) with rmi_pool_stride={stride}, "
-            f"smaller than rmi_radius={radius}: no region fits; spatial size must be at least "
-            f"{minimum}x{minimum} for these options"
-        )
+    return per_class.mean(axis=0).sum()

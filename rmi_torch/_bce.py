@@ -14,17 +14,26 @@ _SOFTPLUS_EXACT_ABOVE = 40.0
 _LOG_CLAMP = -100.0
 
 
-class _ProbabilityBCE(torch.autograd.Function):
-    """PyTorch's elementwise ``binary_cross_entropy``, with a finite gradient for the target.
+def _clamped_logs(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log(p)`` and ``log(1 - p)``, each clamped at -100 as ``binary_cross_entropy`` does."""
+    return torch.log(p).clamp_min_(_LOG_CLAMP), torch.log1p(-p).clamp_min_(_LOG_CLAMP)
 
-    PyTorch differentiates the target term as ``log(1 - p) - log(p)`` without its forward clamp,
+
+class _ProbabilityBCE(torch.autograd.Function):
+    """PyTorch's elementwise ``binary_cross_entropy``, written out, with a finite gradient for
+    the target.
+
+    PyTorch's own raises on a NaN probability (its range check fails), where the loss is to be
+    NaN. It differentiates the target term as ``log(1 - p) - log(p)`` without its forward clamp,
     which is infinite at ``p = 0`` or ``1``; here both log terms are clamped at -100 there too.
     """
 
     @staticmethod
     def forward(ctx, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(p, y)
-        return F.binary_cross_entropy(p, y, reduction="none")
+        log_p, log_not_p = _clamped_logs(p)
+        # -(y log p + (1 - y) log(1 - p)), with two full-size temporaries.
+        return log_p.sub_(log_not_p).mul_(y).add_(log_not_p).neg_()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -34,8 +43,7 @@ class _ProbabilityBCE(torch.autograd.Function):
             # PyTorch's own derivative, so the two backends agree where p (1 - p) underflows.
             grad_p = grad * (p - y) / (p * (1 - p)).clamp_min(1e-12)
         if ctx.needs_input_grad[1]:
-            log_p = torch.log(p).clamp_min(_LOG_CLAMP)
-            log_not_p = torch.log1p(-p).clamp_min(_LOG_CLAMP)
+            log_p, log_not_p = _clamped_logs(p)
             grad_y = grad * (log_not_p - log_p)
         return grad_p, grad_y
 
@@ -62,7 +70,8 @@ class _LogitBCESums(torch.autograd.Function):
         if pool_stride:
             pooled, indices = max_pool_with_indices(x, pool_stride)
         ctx.save_for_backward(x, y, mask, indices)
-        return elementwise.flatten(1).sum(dim=1), pooled
+        # Summed over the axes, not over a flattened view: x may have any memory layout.
+        return elementwise.sum(dim=tuple(range(1, x.dim()))), pooled
 
     @staticmethod
     @once_differentiable
@@ -73,11 +82,7 @@ class _LogitBCESums(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.sigmoid(x).sub_(y).mul_(scale)
             if indices is not None:
-                # Kernel = stride: the windows do not overlap, so no two cells share a pixel.
-                planes = grad_x.view(-1, x.shape[-2] * x.shape[-1])
-                planes.scatter_add_(
-                    1, indices.flatten(2).flatten(0, 1), grad_pooled.flatten(2).flatten(0, 1)
-                )
+                _add_at_maxima(grad_x, indices, grad_pooled)
         if ctx.needs_input_grad[1]:
             grad_y = x * -scale
         if mask is not None:
@@ -86,15 +91,37 @@ class _LogitBCESums(torch.autograd.Function):
         return grad_x, grad_y, None, None
 
 
-def bce_term(
+def _add_at_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
+    """``grad[n, c, h, w] += values[n, c, i, j]`` at each pooled cell's maximum, ``(h, w) =
+    divmod(indices[n, c, i, j], W)`` (``max_pool2d``'s indices), in place.
+
+    ``grad`` is an elementwise result, so dense in memory, but in the layout of the input
+    (contiguous, channels_last, transposed...): the cells' memory offsets come from its strides,
+    so no layout is copied into another. Kernel = stride: the windows do not overlap, so no two
+    cells share a pixel.
+    """
+    batch, channels, _, width = grad.shape
+    device = indices.device
+    stride_n, stride_c, stride_h, stride_w = grad.stride()
+    rows, cols = torch.div(indices, width, rounding_mode="floor"), indices % width
+    offsets = (
+        torch.arange(batch, device=device).view(-1, 1, 1, 1) * stride_n
+        + torch.arange(channels, device=device).view(1, -1, 1, 1) * stride_c
+        + rows * stride_h
+        + cols * stride_w
+    )
+    storage = grad.as_strided((grad.numel(),), (1,), grad.storage_offset())
+    storage.index_add_(0, offsets.flatten(), values.flatten())
+
+
+def bce_per_example(
     input: torch.Tensor,
     target: torch.Tensor,
     with_logits: bool,
-    per_example: bool,
     mask: torch.Tensor | None = None,
     pool_stride: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Mean elementwise BCE: per example (``[N]``) or the mean of those (a scalar).
+    """Mean elementwise BCE over all but the leading (batch) axis: ``[N, ...] -> [N]``.
 
     With a boolean ``mask`` (broadcastable to ``input``) each example's mean is over its true
     entries only. The second result is, for logits and ``pool_stride > 0``, the logits max-pooled
@@ -110,7 +137,17 @@ def bce_term(
         elementwise = _ProbabilityBCE.apply(input, target)
         if mask is not None:
             elementwise = torch.where(mask, elementwise, 0.0)
-        sums = elementwise.flatten(1).sum(dim=1)
-    counts = input[0].numel() if mask is None else mask.flatten(1).sum(dim=1)
-    per_example_mean = sums / counts
-    return (per_example_mean if per_example else per_example_mean.mean()), pooled
+        sums = elementwise.sum(dim=tuple(range(1, elementwise.dim())))
+    counts = input[0].numel() if mask is None else mask.sum(dim=tuple(range(1, mask.dim())))
+    return sums / counts, pooled
+
+
+def label_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """BCE with logits summed over valid pixels and all classes, over ``valid pixels + 1``.
+
+    ``[N, C, H, W]`` logits and target, ``[N, H, W]`` boolean ``valid``; one number for the
+    whole batch, as in the authors' code (the ``+ 1`` keeps an all-ignored batch finite).
+    """
+    weight = valid.unsqueeze(1).to(logits.dtype)
+    summed = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    return summed / (valid.sum() + 1)

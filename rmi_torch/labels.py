@@ -1,32 +1,41 @@
-"""RMI loss from integer label maps: the paper authors' semantics (SPEC §2), and its validation."""
+"""RMI loss from integer label maps: the paper authors' semantics (``docs/semantics.md``)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rmi_torch._windows import map_size_after_downsampling, minimum_input_size
-from rmi_torch.api import (
+from rmi_core.options import (
     CHOLESKY_LOG_OFFSET,
-    _dtype_name,
-    _require_bool,
-    _require_int,
-    _require_real,
-    _rmi_lower_bound,
-    check_prediction,
-    masked_window_weights,
+    LABEL_EPSILON,
+    PROBABILITY_OFFSET,
+    LossTerms,
+    check_epsilon,
+    check_label_options,
+    check_label_shapes,
+    label_pooling_method,
+    label_term_weights,
+    label_window_grid,
+    terms_to_compute,
+    weighted_sum,
+    window_step,
 )
-
-# What each ``rmi_pool_way`` does, and the dense semantics' name for the two poolings.
-POOL_WAYS = {0: "max pooling", 1: "average pooling", 2: "interpolation"}
-_POOLING_METHODS = {0: "max", 1: "avg"}
-LAMBDA_WAYS = {0: "BCE + lambda * RMI", 1: "lambda * BCE + (1 - lambda) * RMI"}
-# The authors' code adds this to every probability (an offset, not a clamp) and fixes epsilon.
-PROBABILITY_OFFSET = 1e-6
-EPSILON = 5e-4
-# ignore_index may be any label value, negative ones included (labels are at most int64).
-_SMALLEST_LABEL = -(2**63)
+from rmi_torch._bce import label_bce
+from rmi_torch._statistics import lower_bound
+from rmi_torch._windows import (
+    downsample,
+    masked_window_weights,
+    resize_bilinear_corners,
+    resize_nearest,
+    resize_validity,
+)
+from rmi_torch.api import (
+    _dtype_name,
+    check_prediction,
+    nan_where_flagged,
+    non_finite_flags,
+    weight_in,
+)
 
 
 def rmi_loss_from_labels(
@@ -38,12 +47,13 @@ def rmi_loss_from_labels(
     rmi_pool_way: int = 0,
     rmi_pool_size: int = 3,
     rmi_pool_stride: int = 3,
-    loss_weight_lambda: float = 0.5,
+    loss_weight_lambda: float | torch.Tensor = 0.5,
     lambda_way: int = 1,
     ignore_index: int = 255,
     use_double_precision: bool = True,
     exclude_ignored: bool = False,
-) -> torch.Tensor:
+    return_terms: bool = False,
+) -> torch.Tensor | LossTerms:
     r"""RMI loss of logits against an integer label map, as in the RMI paper authors' code.
 
     Pixels whose label is ``ignore_index``, ``>= num_classes`` or negative are ignored. With
@@ -70,7 +80,7 @@ def rmi_loss_from_labels(
         for the probabilities.
       rmi_pool_size: the pooling kernel; must equal ``rmi_pool_stride``.
       rmi_pool_stride: downsampling factor; 1 disables downsampling.
-      loss_weight_lambda: :math:`\lambda` in ``[0, 1]``.
+      loss_weight_lambda: :math:`\lambda` in ``[0, 1]``, a Python number or a 0-d tensor.
       lambda_way: how :math:`\lambda` combines the two terms (1 or 0, see above).
       ignore_index: a label value to ignore besides those outside ``[0, num_classes)``.
       use_double_precision: region statistics in float64, as the authors' code computes them;
@@ -80,9 +90,12 @@ def rmi_loss_from_labels(
         pixel (after downsampling: a cell is ignored if any pixel it is pooled or resized from
         is), instead of counting ignored pixels as zero points; centring and covariances use
         the remaining windows. An example without such a window is a ``ValueError``.
+      return_terms: return ``LossTerms(total, bce, rmi)``: the loss and its two unweighted
+        terms (``total`` weighs them as ``lambda_way`` says), for logging.
 
     Returns:
-      The scalar loss, float64 when the statistics run in float64, else float32.
+      The scalar loss (or a ``LossTerms`` of scalars), float64 when the statistics run in
+      float64, else float32. NaN if a logit is NaN or infinite (ignored pixels included).
 
     Example:
       >>> import torch
@@ -93,10 +106,10 @@ def rmi_loss_from_labels(
       >>> rmi_loss_from_labels(logits, labels, num_classes=5, rmi_pool_way=1).backward()
 
     References:
-      Zhao, Cai, Xu, Yang, He. "Region Mutual Information Loss for Semantic Segmentation",
+      Zhao, Wang, Yang, Cai. "Region Mutual Information Loss for Semantic Segmentation",
       NeurIPS 2019. https://arxiv.org/abs/1910.12037 (code: github.com/ZJULearning/RMI)
     """
-    _validate_label_options(
+    check_label_options(
         num_classes=num_classes,
         rmi_radius=rmi_radius,
         rmi_pool_way=rmi_pool_way,
@@ -107,31 +120,51 @@ def rmi_loss_from_labels(
         ignore_index=ignore_index,
         use_double_precision=use_double_precision,
         exclude_ignored=exclude_ignored,
+        return_terms=return_terms,
     )
-    _validate_label_tensors(
-        logits,
-        labels,
+    shape = check_prediction("logits", logits)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    check_label_shapes(
+        shape,
+        shape,
+        tuple(labels.shape),
         num_classes=num_classes,
+        channel_axis=1,
         radius=rmi_radius,
         pool_way=rmi_pool_way,
         stride=rmi_pool_stride,
     )
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(
+            f"labels must have an integer dtype (class indices), got {_dtype_name(labels.dtype)}"
+        )
     # Elementwise work in the input precision but at least float32, as the authors' code does;
     # statistics in float64 unless asked otherwise.
     work_dtype = torch.promote_types(logits.dtype, torch.float32)
     stats_dtype = torch.float64 if use_double_precision else work_dtype
+    check_epsilon(
+        LABEL_EPSILON,
+        radius=rmi_radius,
+        grid=label_window_grid(*shape[2:], rmi_radius, rmi_pool_way, rmi_pool_stride),
+        unit_roundoff=torch.finfo(stats_dtype).eps,
+        dtype_name=_dtype_name(stats_dtype),
+    )
     logits = logits.to(work_dtype)
     valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
     classes = torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
     target = ((labels.unsqueeze(1) == classes) & valid.unsqueeze(1)).to(work_dtype)
 
-    bce_weight, rmi_weight = label_term_weights(loss_weight_lambda, lambda_way)
-    loss = torch.zeros((), dtype=stats_dtype, device=logits.device)
-    if bce_weight != 0:
-        loss = loss + bce_weight * masked_bce(logits, target, valid)
-    if rmi_weight != 0:
+    bce_weight, rmi_weight = label_term_weights(
+        weight_in(loss_weight_lambda, stats_dtype, logits.device), lambda_way
+    )
+    need_bce, need_rmi = terms_to_compute(bce_weight, rmi_weight, return_terms)
+    bce = rmi = None
+    if need_bce:
+        bce = label_bce(logits, target, valid).to(stats_dtype)
+    if need_rmi:
         probabilities = torch.sigmoid(logits) * valid.unsqueeze(1) + PROBABILITY_OFFSET
-        loss = loss + rmi_weight * label_rmi_term(
+        rmi = label_rmi_term(
             probabilities,
             target,
             valid if exclude_ignored else None,
@@ -140,7 +173,10 @@ def rmi_loss_from_labels(
             stride=rmi_pool_stride,
             dtype=stats_dtype,
         )
-    return loss
+    # NaN or an infinity in the logits makes the loss NaN; the BCE flags them when computed.
+    flags = non_finite_flags(logits).sum() if bce is None else bce
+    total = nan_where_flagged(weighted_sum(bce_weight, bce, rmi_weight, rmi), flags)
+    return LossTerms(total, bce, rmi) if return_terms else total
 
 
 class LabelRMILoss(nn.Module):
@@ -171,9 +207,10 @@ class LabelRMILoss(nn.Module):
         ignore_index: int = 255,
         use_double_precision: bool = True,
         exclude_ignored: bool = False,
+        return_terms: bool = False,
     ) -> None:
         super().__init__()
-        _validate_label_options(
+        check_label_options(
             num_classes=num_classes,
             rmi_radius=rmi_radius,
             rmi_pool_way=rmi_pool_way,
@@ -184,6 +221,7 @@ class LabelRMILoss(nn.Module):
             ignore_index=ignore_index,
             use_double_precision=use_double_precision,
             exclude_ignored=exclude_ignored,
+            return_terms=return_terms,
         )
         self.num_classes = num_classes
         self.rmi_radius = rmi_radius
@@ -195,8 +233,9 @@ class LabelRMILoss(nn.Module):
         self.ignore_index = ignore_index
         self.use_double_precision = use_double_precision
         self.exclude_ignored = exclude_ignored
+        self.return_terms = return_terms
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | LossTerms:
         return rmi_loss_from_labels(
             logits,
             labels,
@@ -210,6 +249,7 @@ class LabelRMILoss(nn.Module):
             ignore_index=self.ignore_index,
             use_double_precision=self.use_double_precision,
             exclude_ignored=self.exclude_ignored,
+            return_terms=self.return_terms,
         )
 
     def extra_repr(self) -> str:
@@ -219,26 +259,8 @@ class LabelRMILoss(nn.Module):
             f"rmi_pool_stride={self.rmi_pool_stride}, "
             f"loss_weight_lambda={self.loss_weight_lambda}, lambda_way={self.lambda_way}, "
             f"ignore_index={self.ignore_index}, use_double_precision={self.use_double_precision}, "
-            f"exclude_ignored={self.exclude_ignored}"
+            f"exclude_ignored={self.exclude_ignored}, return_terms={self.return_terms}"
         )
-
-
-def label_term_weights(loss_weight_lambda: float, lambda_way: int) -> tuple[float, float]:
-    """Weights of the BCE and RMI terms: ``(l, 1 - l)`` for ``lambda_way=1``, else ``(1, l)``."""
-    if lambda_way == 1:
-        return loss_weight_lambda, 1.0 - loss_weight_lambda
-    return 1.0, loss_weight_lambda
-
-
-def masked_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """BCE with logits summed over valid pixels and all classes, over ``valid pixels + 1``.
-
-    ``[N, C, H, W]`` logits and target, ``[N, H, W]`` boolean ``valid``; one number for the
-    whole batch, as in the authors' code (the ``+ 1`` keeps an all-ignored batch finite).
-    """
-    weight = valid.unsqueeze(1).to(logits.dtype)
-    summed = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
-    return summed / (valid.sum() + 1)
 
 
 def label_rmi_term(
@@ -257,12 +279,12 @@ def label_rmi_term(
     run in ``dtype``. ``valid``: ``None`` (every window counts) or the ``[N, H, W]`` mask whose
     invalid pixels' windows leave.
     """
-    method = _POOLING_METHODS.get(pool_way, "max")
+    method = label_pooling_method(pool_way)
     window_mask = None
     if pool_way == 2 and stride > 1:
         size = (probabilities.shape[2] // stride, probabilities.shape[3] // stride)
-        probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=True)
-        target = F.interpolate(target, size=size, mode="nearest")
+        probabilities = resize_bilinear_corners(probabilities, size)
+        target = resize_nearest(target, size)
         valid = None if valid is None else resize_validity(valid, size)
         stride = 1  # downsampled already: no pooling left to do
     if valid is not None:
@@ -274,132 +296,14 @@ def label_rmi_term(
             stride=stride,
             dtype=dtype,
         )
-    lower_bound = _rmi_lower_bound(
-        probabilities,
-        target,
+    per_class = lower_bound(
+        downsample(probabilities, method, stride),
+        downsample(target, method, stride),
+        window_mask,
         radius=radius,
-        downsampling_method=method,
-        stride=stride,
+        step=window_step(method, stride),
+        epsilon=LABEL_EPSILON,
         offset=CHOLESKY_LOG_OFFSET,
-        epsilon=EPSILON,
         dtype=dtype,
-        window_weights=window_mask,
     )
-    return lower_bound.mean(dim=0).sum()
-
-
-def resize_validity(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Which cells of the resized maps come from valid pixels only: the nearest-neighbour
-    source and every bilinear tap of nonzero weight must be valid.
-
-    A tap of nonzero weight on a masked pixel leaves a nonzero bilinear resize of the masked
-    indicator, whose nonnegative weights cannot cancel; the nearest source is read directly.
-    """
-    masked = (~valid).unsqueeze(1).double()
-    bilinear = F.interpolate(masked, size=size, mode="bilinear", align_corners=True)
-    nearest = F.interpolate(masked, size=size, mode="nearest")
-    return ((bilinear + nearest) == 0).squeeze(1)
-
-
-def label_map_size(size: int, pool_way: int, stride: int) -> int:
-    """Length of one spatial axis after the label-map downsampling."""
-    if pool_way == 2 and stride > 1:
-        return size // stride
-    return map_size_after_downsampling(size, "max", stride)
-
-
-def minimum_label_input_size(radius: int, pool_way: int, stride: int) -> int:
-    """Smallest input length per axis that leaves room for one region after downsampling."""
-    if pool_way == 2 and stride > 1:
-        return radius * stride
-    return minimum_input_size(radius, "max", stride)
-
-
-def _require_choice(name: str, value: object, choices: dict[int, str]) -> None:
-    _require_int(name, value, min(choices))
-    if value not in choices:
-        listed = ", ".join(f"{key} ({meaning})" for key, meaning in choices.items())
-        raise ValueError(f"{name} must be one of {listed}, got {value}")
-
-
-def _validate_label_options(
-    *,
-    num_classes: object,
-    rmi_radius: object,
-    rmi_pool_way: object,
-    rmi_pool_size: object,
-    rmi_pool_stride: object,
-    loss_weight_lambda: object,
-    lambda_way: object,
-    ignore_index: object,
-    use_double_precision: object,
-    exclude_ignored: object,
-) -> None:
-    """Check the Python-valued options (also run by ``LabelRMILoss.__init__``)."""
-    _require_int("num_classes", num_classes, 1)
-    _require_int("rmi_radius", rmi_radius, 1)
-    _require_choice("rmi_pool_way", rmi_pool_way, POOL_WAYS)
-    _require_int("rmi_pool_size", rmi_pool_size, 1)
-    _require_int("rmi_pool_stride", rmi_pool_stride, 1)
-    if rmi_pool_size != rmi_pool_stride:
-        raise ValueError(
-            f"rmi_pool_size must equal rmi_pool_stride (the pooling kernel is the stride), got "
-            f"rmi_pool_size={rmi_pool_size} and rmi_pool_stride={rmi_pool_stride}"
-        )
-    weight = _require_real("loss_weight_lambda", loss_weight_lambda)
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"loss_weight_lambda must be in [0, 1], got {loss_weight_lambda}")
-    _require_choice("lambda_way", lambda_way, LAMBDA_WAYS)
-    _require_int("ignore_index", ignore_index, _SMALLEST_LABEL)
-    _require_bool("use_double_precision", use_double_precision)
-    _require_bool("exclude_ignored", exclude_ignored)
-
-
-def _is_integer_dtype(dtype: torch.dtype) -> bool:
-    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
-
-
-def _validate_label_tensors(
-    logits: object,
-    labels: object,
-    *,
-    num_classes: int,
-    radius: int,
-    pool_way: int,
-    stride: int,
-) -> None:
-    """Check ranks, shapes, dtypes and that a region fits after downsampling."""
-    check_prediction("logits", logits)
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    batch, classes, height, width = logits.shape
-    if tuple(labels.shape) != (batch, height, width):
-        raise ValueError(
-            f"labels must have shape [N, H, W] = {(batch, height, width)} to match logits of "
-            f"shape {tuple(logits.shape)}, got shape {tuple(labels.shape)}"
-        )
-    if not _is_integer_dtype(labels.dtype):
-        raise TypeError(
-            f"labels must have an integer dtype (class indices), got {_dtype_name(labels.dtype)}"
-        )
-    if batch == 0:
-        raise ValueError(f"logits must have at least one example, got shape {tuple(logits.shape)}")
-    if classes != num_classes:
-        raise ValueError(
-            f"num_classes={num_classes} must equal the number of channels of logits, got "
-            f"{classes} channels on channel_axis=1 (shape {tuple(logits.shape)})"
-        )
-    _check_regions_fit(height, width, radius=radius, pool_way=pool_way, stride=stride)
-
-
-def _check_regions_fit(height: int, width: int, *, radius: int, pool_way: int, stride: int):
-    map_h = label_map_size(height, pool_way, stride)
-    map_w = label_map_size(width, pool_way, stride)
-    if min(map_h, map_w) < radius:
-        minimum = minimum_label_input_size(radius, pool_way, stride)
-        raise ValueError(
-            f"logits' spatial size {height}x{width} becomes {map_h}x{map_w} after "
-            f"rmi_pool_way={pool_way} ({POOL_WAYS[pool_way]}) with rmi_pool_stride={stride}, "
-            f"smaller than rmi_radius={radius}: no region fits; spatial size must be at least "
-            f"{minimum}x{minimum} for these options"
-        )
+    return per_class.mean(dim=0).sum()

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import rmi_jax
-import rmi_jax._statistics
 import rmi_torch
 import rmi_torch._statistics
+from rmi_core import options
 from parity_tests.tolerances import (
     CROSS_BACKEND_GRAD_RTOL,
     F32_SAME_MATH_ATOL,
@@ -69,7 +69,7 @@ def test_torch_chunks_equal_one_chunk(monkeypatch, masked: bool) -> None:
     pred, target, mask = inputs(masked)
     whole = torch_value_and_grad(pred, target, mask)
     chunk_bytes = MAPS_PER_CHUNK * BYTES_PER_MAP[torch.float64]
-    monkeypatch.setattr(rmi_torch._statistics, "_CPU_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setitem(options.CHUNK_BYTES, "cpu", chunk_bytes)
     maps = torch.zeros(6, 8, 8)
     assert rmi_torch._statistics._chunks(maps, RADIUS, 1, torch.float64) == [
         slice(0, 4),
@@ -86,8 +86,8 @@ def test_jax_chunks_equal_one_chunk(monkeypatch, masked: bool) -> None:
     pred, target, mask = inputs(masked)
     whole = jax_value_and_grad(pred, target, mask)
     chunk_bytes = MAPS_PER_CHUNK * BYTES_PER_MAP[jnp.float32]
-    monkeypatch.setattr(rmi_jax._statistics, "_CHUNK_BYTES", chunk_bytes)
-    assert rmi_jax._statistics._chunk_size(6, 36, RADIUS, 4) == MAPS_PER_CHUNK
+    monkeypatch.setitem(options.CHUNK_BYTES, "cpu", chunk_bytes)
+    assert options.maps_per_chunk(6, 36, RADIUS, 4, chunk_bytes) == MAPS_PER_CHUNK
     chunked = jax_value_and_grad(pred, target, mask)
     np.testing.assert_allclose(chunked[0], whole[0], rtol=F32_SAME_MATH_RTOL)
     np.testing.assert_allclose(

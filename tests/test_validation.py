@@ -163,11 +163,13 @@ def test_bad_input_raises_clear_error(
 
 
 @pytest.mark.parametrize(
-    "channel_axis, error", [(4, ValueError), (-5, ValueError), (1.0, TypeError)]
+    "channel_axis, error",
+    [(4, ValueError), (-5, ValueError), (0, ValueError), (-4, ValueError), (1.0, TypeError)],
 )
 def test_jax_rejects_bad_channel_axis(channel_axis, error) -> None:
+    # Axis 0 is the batch in every layout, so it cannot hold the classes.
     x = jnp.zeros((2, 12, 12, 3))
-    with pytest.raises(error, match=r"channel_axis must be (an int|in \[-4, 3\] for rank-4 pred)"):
+    with pytest.raises(error, match=r"channel_axis must be (an int|one of 1, 2, 3, -1, -2, -3)"):
         rmi_jax.rmi_loss(x, x, with_logits=True, channel_axis=channel_axis)
 
 
