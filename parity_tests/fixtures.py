@@ -26,10 +26,11 @@ class Fixture:
     matrix is singular but for ``eps``. ``valid_mask`` is the ``[N, H, W]`` boolean mask of the
     masked dense fixtures (``None`` elsewhere), passed to both backends as ``valid_mask``.
 
-    Label-map fixtures (``labels-*.npz``, SPEC §2) hold the logits in ``pred``, the ``[N, H, W]``
-    int64 label map in ``target``, the keyword arguments of ``rmi_loss_from_labels`` in
-    ``options`` (never ``channel_axis`` or ``use_double_precision``), and an empty
-    ``per_example``: that loss is one number for the batch.
+    Label-map fixtures (``labels-*.npz``, docs/semantics.md#label-maps) hold the logits in
+    ``pred``, the ``[N, H, W]`` int64 label map in ``target``, the keyword arguments of
+    ``rmi_loss_from_labels`` in ``options`` (never ``channel_axis`` or
+    ``use_double_precision``), and an empty ``per_example``: that loss is one number for the
+    batch.
     """
 
     name: str

@@ -1,13 +1,14 @@
-"""Independent float64 NumPy reference of the RMI loss, written from ``SPEC.md`` alone.
+"""Independent float64 NumPy reference of the RMI loss, written from ``docs/semantics.md`` alone.
 
 It shares no code with ``rmi_jax`` or ``rmi_torch`` and deliberately takes other routes where
 there is a choice (sliding-window views instead of padding-and-reshaping or ``unfold``, a linear
 solve and a Cholesky factor of the normal-equations matrices instead of a QR of the data), so a
 mistake in one is unlikely to be repeated in the other. Everything runs in float64, loop-free.
 
-All arrays are NCHW. ``dense_rmi_per_example`` (SPEC §1) returns the per-example losses, shape
-``[N]``, whose mean is the libraries' ``"mean"`` value; ``label_rmi_loss`` (SPEC §2) returns the
-scalar loss, which has no per-example split.
+All arrays are NCHW. ``dense_rmi_per_example`` (``docs/semantics.md#dense-targets``) returns the
+per-example losses, shape ``[N]``, whose mean is the libraries' ``"mean"`` value;
+``label_rmi_loss`` (``docs/semantics.md#label-maps``) returns the scalar loss, which has no
+per-example split.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-# SPEC §1.7: the offset inside the log of each Cholesky diagonal entry.
+# docs/semantics.md#dense-targets, step 7: the offset in the log of each Cholesky diagonal entry.
 CHOLESKY_LOG_OFFSET = 1e-8
-# SPEC §1.1: PyTorch's binary_cross_entropy clamps each log term at -100.
+# docs/semantics.md#dense-targets, step 1: PyTorch's binary_cross_entropy clamps each log at -100.
 BCE_LOG_CLAMP = -100.0
-# SPEC §2.4: added to the label-map probabilities.
+# docs/semantics.md#label-maps, step 4: added to the label-map probabilities.
 LABEL_PROBABILITY_OFFSET = 1e-6
-# SPEC §2.6: the fixed ridge of the label-map semantics.
+# docs/semantics.md#label-maps, step 6: the fixed ridge of the label-map semantics.
 LABEL_EPSILON = 5e-4
 
 
@@ -119,7 +120,8 @@ def lower_bound(
     use_log_trace: bool,
     window_weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """SPEC §1.5-1.7: ``0.5 * logdet(M + eps I) / d`` per leading index, from ``[..., d, L]``.
+    """``0.5 * logdet(M + eps I) / d`` per leading index, from ``[..., d, L]``
+    (docs/semantics.md#dense-targets, steps 5-7).
 
     ``window_weights`` (``[..., L]``, 0 or 1) drops windows from the centring and the
     covariances; ``None`` keeps them all.
@@ -158,8 +160,9 @@ def dense_regions(
     stride: int,
     valid_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """SPEC §1.2-1.4: region vectors ``[N, C, d, L]`` of probabilities and target, and the
-    ``[N, C, L]`` 0/1 weights of the windows that touch no masked pixel (``None`` unmasked)."""
+    """Region vectors ``[N, C, d, L]`` of probabilities and target
+    (docs/semantics.md#dense-targets, steps 2-4), and the ``[N, C, L]`` 0/1 weights of the
+    windows that touch no masked pixel (``None`` unmasked)."""
     probs = sigmoid(pred) if with_logits else pred
     step = 1
     cell_valid = None if valid_mask is None else valid_mask[:, None].astype(np.float64)
@@ -190,7 +193,8 @@ def windows_of_valid_cells(cell_valid: np.ndarray, radius: int, step: int) -> np
 
 
 def joint_condition_number(pred: np.ndarray, target: np.ndarray, **options) -> float:
-    """Largest 2-norm condition number over ``(n, c)`` of ``J = Z Z^T + eps I`` (SPEC identity).
+    """Largest 2-norm condition number over ``(n, c)`` of ``J = Z Z^T + eps I``
+    (docs/semantics.md#the-joint-matrix-and-its-schur-complement).
 
     The float32 statistics lose about ``u * cond(J)`` relative accuracy in the gradient (and far
     less in the value, which is a log), so the parity tests scale their float32 bound with it.
@@ -236,7 +240,7 @@ def dense_rmi_per_example(
     epsilon: float = 5e-4,
     valid_mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """SPEC §1 (the ``rmi-pytorch`` semantics) per example, ``[N]``.
+    """docs/semantics.md#dense-targets (the ``rmi-pytorch`` semantics) per example, ``[N]``.
 
     ``valid_mask`` (``[N, H, W]`` booleans, the project's extension): masked pixels leave the
     BCE mean, and every region window that touches one (after downsampling, where a pooled cell
@@ -268,14 +272,15 @@ def dense_rmi_per_example(
 
 
 def dense_rmi_loss(pred: np.ndarray, target: np.ndarray, **options) -> float:
-    """SPEC §1 ``"mean"`` value: the mean of :func:`dense_rmi_per_example`."""
+    """The ``"mean"`` value (docs/semantics.md#dense-targets): the per-example losses' mean."""
     return float(dense_rmi_per_example(pred, target, **options).mean())
 
 
 def label_targets(
     labels: np.ndarray, num_classes: int, ignore_index: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §2.1-2.2: the ``[N, H, W]`` valid mask and the ``[N, C, H, W]`` float64 one-hot target.
+    """The ``[N, H, W]`` valid mask and the ``[N, C, H, W]`` float64 one-hot target
+    (docs/semantics.md#label-maps, steps 1-2).
 
     Labels equal to ``ignore_index``, ``>= num_classes`` or negative are ignored; their target
     vector is all zero.
@@ -289,7 +294,8 @@ def label_targets(
 def label_downsample(
     probabilities: np.ndarray, target: np.ndarray, pool_way: int, stride: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §2.5: both NCHW maps downsampled by ``stride`` the ``pool_way`` way."""
+    """Both NCHW maps downsampled by ``stride`` the ``pool_way`` way
+    (docs/semantics.md#label-maps, step 5)."""
     if stride == 1:
         return probabilities, target
     if pool_way == 2:
@@ -311,7 +317,8 @@ def label_regions(
     rmi_pool_way: int,
     rmi_pool_stride: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §2.4-2.5 and §1.4: region vectors ``[N, C, d, L]`` of probabilities and target."""
+    """Region vectors ``[N, C, d, L]`` of probabilities and target
+    (docs/semantics.md#label-maps, steps 4-5, and #dense-targets, step 4)."""
     probabilities = sigmoid(logits) * valid[:, None] + LABEL_PROBABILITY_OFFSET
     probabilities, target = label_downsample(probabilities, target, rmi_pool_way, rmi_pool_stride)
     return regions(probabilities, rmi_radius, 1), regions(target, rmi_radius, 1)
@@ -353,7 +360,7 @@ def label_rmi_loss(
     ignore_index: int = 255,
     exclude_ignored: bool = False,
 ) -> float:
-    """SPEC §2 (the paper authors' label-map semantics): the scalar loss.
+    """docs/semantics.md#label-maps (the paper authors' label-map semantics): the scalar loss.
 
     ``logits`` are ``[N, C, H, W]``, ``labels`` integers ``[N, H, W]``. The BCE term is one
     number for the whole batch (its normaliser counts the valid pixels of every example), so

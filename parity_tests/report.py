@@ -59,7 +59,7 @@ from parity_tests.tolerances import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DTYPES = ("float32", "float64")
 DEFAULT_PATTERNS = ("dense-*.npz", "labels-*.npz")
-LABELS_PREFIX = "labels-"  # label-map fixtures: rmi_loss_from_labels (SPEC §2)
+LABELS_PREFIX = "labels-"  # label-map fixtures: rmi_loss_from_labels (docs/semantics.md#label-maps)
 
 # name -> (value, gradient) for one backend and dtype
 Results = dict[str, tuple[float, np.ndarray]]

@@ -1,4 +1,5 @@
-"""Label-map RMI (SPEC §2) of both backends vs the NumPy reference, on the ``labels-*`` fixtures.
+"""Label-map RMI (docs/semantics.md#label-maps) of both backends vs the NumPy reference, on the
+``labels-*`` fixtures.
 
 Runs with JAX's x64 off, as JAX users do by default; the float64 JAX checks live in
 ``x64/test_labels_x64.py``. The two ``*_label_value_and_grad`` helpers are shared with it.

@@ -13,7 +13,7 @@ FIXTURES = load_fixtures()
 
 
 def test_closed_form_constant_case() -> None:
-    # SPEC "Known numerical facts": constant maps give M = 0, so every (n, c) contributes
+    # docs/semantics.md#float32-facts: constant maps give M = 0, so every (n, c) contributes
     # 0.5 * log((sqrt(eps) + 1e-8)^2), about -3.8005 for eps = 5e-4.
     shape = (2, 3, 18, 18)
     for epsilon in (5e-4, 1e-2):
@@ -75,7 +75,8 @@ def test_bce_routes_agree_on_moderate_inputs() -> None:
 
 
 def test_lower_bound_equals_schur_complement_identity() -> None:
-    # SPEC: logdet(M + eps I) = logdet(J) - logdet(Spp + eps I) for the joint Gram matrix J.
+    # logdet(M + eps I) = logdet(J) - logdet(Spp + eps I) for the joint Gram matrix J
+    # (docs/semantics.md#the-joint-matrix-and-its-schur-complement).
     rng = np.random.default_rng(2)
     p, y = rng.random((4, 9, 50)), rng.random((4, 9, 50))
     eps = 5e-4

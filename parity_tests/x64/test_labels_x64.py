@@ -1,4 +1,6 @@
-"""Label-map RMI (SPEC §2) in JAX float64 vs the reference and PyTorch (JAX_ENABLE_X64=1)."""
+"""Label-map RMI (docs/semantics.md#label-maps) in JAX float64 vs the reference and PyTorch.
+
+Collected only with JAX_ENABLE_X64=1."""
 
 import jax
 import numpy as np
