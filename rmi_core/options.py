@@ -128,12 +128,25 @@ def terms_to_compute(bce_weight: object, rmi_weight: object, return_terms: bool)
     return return_terms or not skipped(bce_weight), return_terms or not skipped(rmi_weight)
 
 
-def weighted_sum(bce_weight, bce, rmi_weight, rmi):
-    """``bce_weight * bce + rmi_weight * rmi``, leaving out a term not computed (``None``)."""
-    parts = [
-        weight * term for weight, term in ((bce_weight, bce), (rmi_weight, rmi)) if term is not None
-    ]
-    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+def combine_terms(bce_weight, bce, rmi_weight, rmi, flags, *, reduction, return_terms):
+    """The loss from its terms (``None`` where not computed), for any array library.
+
+    ``bce_weight * bce + rmi_weight * rmi``, made NaN wherever ``flags`` is not finite
+    (``0 * inf`` and ``0 * NaN`` are NaN: the flags mark non-finite inputs), then reduced; with
+    ``return_terms`` a ``LossTerms`` of the total and the two terms, each reduced alike.
+    """
+    parts = [w * term for w, term in ((bce_weight, bce), (rmi_weight, rmi)) if term is not None]
+    total = sum(parts[1:], parts[0]) + 0 * flags
+    if return_terms:
+        return LossTerms(*(reduce_loss(term, reduction) for term in (total, bce, rmi)))
+    return reduce_loss(total, reduction)
+
+
+def call_options(call_locals: dict[str, Any], arrays: tuple[str, ...]) -> dict[str, Any]:
+    """The options of a loss call, from the ``locals()`` taken first thing in its body: every
+    argument but the ``arrays`` (and ``self``), so one dict can be checked and passed on."""
+    skip = {*arrays, "self", "__class__"}
+    return {name: value for name, value in call_locals.items() if name not in skip}
 
 
 def reduce_loss(per_example, reduction: str):
@@ -220,10 +233,37 @@ def label_term_weights(loss_weight_lambda, lambda_way: int):
     return 1.0, loss_weight_lambda
 
 
-def label_pooling_method(pool_way: int) -> str:
-    """The dense semantics' ``downsampling_method`` for a label-map pool way (after a resize,
-    ``rmi_pool_way=2`` pools no more: its stride is 1 by then, so any method does)."""
-    return _POOLING_METHODS.get(pool_way, "max")
+def label_rmi_term(
+    windows, statistics, probabilities, target, valid, *, radius, pool_way, stride, dtype
+):
+    """The label-map RMI term: per class the batch mean of ``0.5 logdet(M + eps I) / d``,
+    summed over classes (docs/semantics.md#label-maps, steps 5-7).
+
+    The steps are the backend's: ``windows`` and ``statistics`` are its ``_windows`` and
+    ``_statistics`` modules. ``probabilities`` and ``target`` are ``[N, C, H, W]`` at full
+    resolution; the statistics run in ``dtype``. ``valid``: ``None`` (every window counts) or
+    the ``[N, H, W]`` mask whose invalid pixels' windows leave (``exclude_ignored``).
+    """
+    # rmi_pool_way=2 resizes, after which no pooling is left to do (stride 1: any method).
+    method = _POOLING_METHODS.get(pool_way, "max")
+    if pool_way == 2 and stride > 1:
+        size = (probabilities.shape[2] // stride, probabilities.shape[3] // stride)
+        probabilities = windows.resize_bilinear_corners(probabilities, size)
+        target = windows.resize_nearest(target, size)
+        valid = None if valid is None else windows.resize_validity(valid, size)
+        stride = 1
+    mask = None
+    if valid is not None:
+        name = "labels (with exclude_ignored=True)"
+        mask = windows.masked_window_weights(
+            valid, name, radius=radius, method=method, stride=stride, dtype=dtype
+        )
+    maps = (windows.downsample(m, method, stride) for m in (probabilities, target))
+    step, offset = window_step(method, stride), CHOLESKY_LOG_OFFSET
+    per_class = statistics.lower_bound(
+        *maps, mask, radius=radius, step=step, epsilon=LABEL_EPSILON, offset=offset, dtype=dtype
+    )
+    return per_class.mean(0).sum()
 
 
 # --- Size arithmetic ------------------------------------------------------------------------
@@ -420,15 +460,9 @@ def check_dense_shapes(
     height, width = nchw[2:]
     map_h = map_size_after_downsampling(height, method, stride)
     map_w = map_size_after_downsampling(width, method, stride)
-    _check_regions_fit(
-        f"{name}'s",
-        (height, width),
-        (map_h, map_w),
-        radius=radius,
-        radius_name="radius",
-        how=f"downsampling_method={method!r} with stride={stride}",
-        minimum=minimum_input_size(radius, method, stride),
-    )
+    how = f"downsampling_method={method!r} with stride={stride}"
+    minimum = minimum_input_size(radius, method, stride)
+    _check_regions_fit(f"{name}'s", (height, width), (map_h, map_w), radius, how, minimum)
 
 
 def check_mask_shape(
@@ -471,28 +505,16 @@ def check_label_shapes(
         )
     map_h = label_map_size(height, pool_way, stride)
     map_w = label_map_size(width, pool_way, stride)
-    _check_regions_fit(
-        "logits'",
-        (height, width),
-        (map_h, map_w),
-        radius=radius,
-        radius_name="rmi_radius",
-        how=f"rmi_pool_way={pool_way} ({POOL_WAYS[pool_way]}) with rmi_pool_stride={stride}",
-        minimum=minimum_label_input_size(radius, pool_way, stride),
-    )
+    how = f"rmi_pool_way={pool_way} ({POOL_WAYS[pool_way]}) with rmi_pool_stride={stride}"
+    minimum = minimum_label_input_size(radius, pool_way, stride)
+    _check_regions_fit("logits'", (height, width), (map_h, map_w), radius, how, minimum, "rmi_")
 
 
-def _check_regions_fit(
-    owner: str,
-    size: tuple[int, int],
-    map_size: tuple[int, int],
-    *,
-    radius: int,
-    radius_name: str,
-    how: str,
-    minimum: int,
-) -> None:
-    """Raise unless a ``radius x radius`` region fits in the downsampled ``map_size``."""
+def _check_regions_fit(owner, size, map_size, radius, how, minimum, prefix="") -> None:
+    """Raise unless a ``radius x radius`` region fits in the downsampled ``map_size``: ``size``
+    is the input's, ``owner`` the argument's name, ``how`` the downsampling, ``minimum`` the
+    smallest input size, ``prefix`` that of the radius option's name."""
+    radius_name = f"{prefix}radius"
     if min(map_size) >= radius and min(size) >= minimum:
         return
     if min(map_size) < radius:

@@ -141,15 +141,7 @@ def _map_chunks(function, arrays, radius: int, step: int, maps: jnp.ndarray):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def region_log_det(
-    p_maps: jnp.ndarray,
-    y_maps: jnp.ndarray,
-    window_weights: jnp.ndarray | None,
-    radius: int,
-    step: int,
-    epsilon: float,
-    offset: float,
-) -> jnp.ndarray:
+def region_log_det(p_maps, y_maps, window_weights, radius, step, epsilon, offset):
     """``sum(log(diag(chol(M + eps I)) + offset))`` for each leading index of two maps.
 
     ``p_maps``, ``y_maps``: ``[..., H, W]`` (downsampled) probability and target maps, whose

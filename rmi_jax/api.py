@@ -11,6 +11,7 @@ from rmi_core.options import (
     DownsamplingMethod,
     LossTerms,
     Reduction,
+    call_options,
     channels_first_shape,
     check_dense_options,
     check_dense_shapes,
@@ -18,11 +19,10 @@ from rmi_core.options import (
     check_floating,
     check_mask_shape,
     check_rank,
+    combine_terms,
     dense_window_grid,
     is_array,
-    reduce_loss,
     terms_to_compute,
-    weighted_sum,
     window_step,
 )
 from rmi_jax._bce import bce_per_example
@@ -125,20 +125,9 @@ def rmi_loss(
       Zhao, Wang, Yang, Cai. "Region Mutual Information Loss for Semantic Segmentation",
       NeurIPS 2019. https://arxiv.org/abs/1910.12037
     """
+    check_dense_options(**call_options(locals(), ("pred", "target", "valid_mask", "channel_axis")))
     pred, target = jnp.asarray(pred), jnp.asarray(target)
     mask = None if valid_mask is None else jnp.asarray(valid_mask)
-    check_dense_options(
-        with_logits=with_logits,
-        radius=radius,
-        bce_weight=bce_weight,
-        downsampling_method=downsampling_method,
-        stride=stride,
-        use_log_trace=use_log_trace,
-        use_double_precision=use_double_precision,
-        epsilon=epsilon,
-        reduction=reduction,
-        return_terms=return_terms,
-    )
     _check_inputs(
         pred,
         target,
@@ -154,13 +143,8 @@ def rmi_loss(
     work_dtype = jnp.promote_types(pred.dtype, jnp.float32)
     stats_dtype = jnp.float64 if use_double_precision else work_dtype
     nchw = channels_first_shape("pred", pred.shape, channel_axis)
-    check_epsilon(
-        epsilon,
-        radius=radius,
-        grid=dense_window_grid(*nchw[2:], radius, downsampling_method, stride),
-        unit_roundoff=float(jnp.finfo(stats_dtype).eps),
-        dtype_name=jnp.dtype(stats_dtype).name,
-    )
+    grid = dense_window_grid(*nchw[2:], radius, downsampling_method, stride)
+    check_epsilon_in(stats_dtype, epsilon, radius, grid)
     pred, target = pred.astype(work_dtype), target.astype(work_dtype)
     # Full-size work happens in the caller's layout; only the pooled maps are moved to NCHW, so
     # no transposed copy of the inputs is ever made.
@@ -213,10 +197,10 @@ def rmi_loss(
         ).sum(axis=1)
     if flags is None:
         flags = non_finite_flags(pred, target)
-    total = nan_where_flagged(weighted_sum(bce_weight, bce, 1.0 - bce_weight, rmi), flags)
-    if return_terms:
-        return LossTerms(*(reduce_loss(t, reduction) for t in (total, bce, rmi)))
-    return reduce_loss(total, reduction)
+    rmi_weight = 1.0 - bce_weight
+    return combine_terms(
+        bce_weight, bce, rmi_weight, rmi, flags, reduction=reduction, return_terms=return_terms
+    )
 
 
 def non_finite_flags(*arrays: jnp.ndarray) -> jnp.ndarray:
@@ -226,11 +210,6 @@ def non_finite_flags(*arrays: jnp.ndarray) -> jnp.ndarray:
     gradient.
     """
     return sum(jnp.sum(jax.lax.stop_gradient(a) * 0, axis=tuple(range(1, a.ndim))) for a in arrays)
-
-
-def nan_where_flagged(per_example: jnp.ndarray, flags: jnp.ndarray) -> jnp.ndarray:
-    """``per_example``, NaN where ``flags`` is not finite: ``0 * inf`` and ``0 * NaN`` are NaN."""
-    return per_example + 0 * flags.astype(per_example.dtype)
 
 
 def clip_probabilities(p: jnp.ndarray) -> jnp.ndarray:
@@ -243,6 +222,12 @@ def weight_in(weight, dtype):
     """A term weight as used: a Python number as it is, an array weight in ``dtype`` (so that a
     float64 schedule does not turn a float32 loss into float64)."""
     return jnp.asarray(weight, dtype) if is_array(weight) else weight
+
+
+def check_epsilon_in(dtype, epsilon: float, radius: int, grid: tuple[int, int]) -> None:
+    """:func:`rmi_core.options.check_epsilon` for statistics in ``dtype``."""
+    unit_roundoff, name = float(jnp.finfo(dtype).eps), jnp.dtype(dtype).name
+    check_epsilon(epsilon, radius=radius, grid=grid, unit_roundoff=unit_roundoff, dtype_name=name)
 
 
 def _x64_enabled() -> bool:

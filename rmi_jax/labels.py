@@ -7,33 +7,24 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from rmi_core.options import (
-    CHOLESKY_LOG_OFFSET,
     LABEL_EPSILON,
     PROBABILITY_OFFSET,
     LossTerms,
-    check_epsilon,
+    call_options,
     check_label_options,
     check_label_shapes,
-    label_pooling_method,
+    combine_terms,
+    label_rmi_term,
     label_term_weights,
     label_window_grid,
     terms_to_compute,
-    weighted_sum,
-    window_step,
 )
+from rmi_jax import _statistics, _windows
 from rmi_jax._bce import label_bce
-from rmi_jax._statistics import lower_bound
-from rmi_jax._windows import (
-    downsample,
-    masked_window_weights,
-    resize_bilinear_corners,
-    resize_nearest,
-    resize_validity,
-)
 from rmi_jax.api import (
+    check_epsilon_in,
     check_prediction,
     check_x64,
-    nan_where_flagged,
     non_finite_flags,
     weight_in,
 )
@@ -123,20 +114,8 @@ def rmi_loss_from_labels(
       Zhao, Wang, Yang, Cai. "Region Mutual Information Loss for Semantic Segmentation",
       NeurIPS 2019. https://arxiv.org/abs/1910.12037 (code: github.com/ZJULearning/RMI)
     """
+    check_label_options(**call_options(locals(), ("logits", "labels", "channel_axis")))
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    check_label_options(
-        num_classes=num_classes,
-        rmi_radius=rmi_radius,
-        rmi_pool_way=rmi_pool_way,
-        rmi_pool_size=rmi_pool_size,
-        rmi_pool_stride=rmi_pool_stride,
-        loss_weight_lambda=loss_weight_lambda,
-        lambda_way=lambda_way,
-        ignore_index=ignore_index,
-        use_double_precision=use_double_precision,
-        exclude_ignored=exclude_ignored,
-        return_terms=return_terms,
-    )
     nchw = check_prediction("logits", logits, channel_axis)
     check_label_shapes(
         nchw,
@@ -155,13 +134,8 @@ def rmi_loss_from_labels(
     # statistics in float32 unless float64 was asked for or given.
     work_dtype = jnp.promote_types(logits.dtype, jnp.float32)
     stats_dtype = jnp.float64 if use_double_precision else work_dtype
-    check_epsilon(
-        LABEL_EPSILON,
-        radius=rmi_radius,
-        grid=label_window_grid(*nchw[2:], rmi_radius, rmi_pool_way, rmi_pool_stride),
-        unit_roundoff=float(jnp.finfo(stats_dtype).eps),
-        dtype_name=jnp.dtype(stats_dtype).name,
-    )
+    grid = label_window_grid(*nchw[2:], rmi_radius, rmi_pool_way, rmi_pool_stride)
+    check_epsilon_in(stats_dtype, LABEL_EPSILON, rmi_radius, grid)
     logits = jnp.moveaxis(logits, channel_axis, 1).astype(work_dtype)
     valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
     classes = jnp.arange(num_classes)[None, :, None, None]
@@ -177,6 +151,8 @@ def rmi_loss_from_labels(
     if need_rmi:
         probabilities = jax.nn.sigmoid(logits) * valid[:, None] + PROBABILITY_OFFSET
         rmi = label_rmi_term(
+            _windows,
+            _statistics,
             probabilities,
             target,
             valid if exclude_ignored else None,
@@ -187,51 +163,6 @@ def rmi_loss_from_labels(
         )
     # NaN or an infinity in the logits makes the loss NaN; the BCE flags them when computed.
     flags = non_finite_flags(logits).sum() if bce is None else bce
-    total = nan_where_flagged(weighted_sum(bce_weight, bce, rmi_weight, rmi), flags)
-    return LossTerms(total, bce, rmi) if return_terms else total
-
-
-def label_rmi_term(
-    probabilities: jnp.ndarray,
-    target: jnp.ndarray,
-    valid: jnp.ndarray | None,
-    *,
-    radius: int,
-    pool_way: int,
-    stride: int,
-    dtype,
-) -> jnp.ndarray:
-    """Per class the batch mean of ``0.5 logdet(M + eps I) / d``, summed over classes.
-
-    ``probabilities`` and ``target`` are ``[N, C, H, W]`` at full resolution; the statistics
-    run in ``dtype``. ``valid``: ``None`` (every window counts) or the ``[N, H, W]`` mask whose
-    invalid pixels' windows leave.
-    """
-    method = label_pooling_method(pool_way)
-    window_mask = None
-    if pool_way == 2 and stride > 1:
-        size = (probabilities.shape[2] // stride, probabilities.shape[3] // stride)
-        probabilities = resize_bilinear_corners(probabilities, size)
-        target = resize_nearest(target, size)
-        valid = None if valid is None else resize_validity(valid, size)
-        stride = 1  # downsampled already: no pooling left to do
-    if valid is not None:
-        window_mask = masked_window_weights(
-            valid,
-            "labels (with exclude_ignored=True)",
-            radius=radius,
-            method=method,
-            stride=stride,
-            dtype=dtype,
-        )
-    per_class = lower_bound(
-        downsample(probabilities, method, stride),
-        downsample(target, method, stride),
-        window_mask,
-        radius=radius,
-        step=window_step(method, stride),
-        epsilon=LABEL_EPSILON,
-        offset=CHOLESKY_LOG_OFFSET,
-        dtype=dtype,
+    return combine_terms(
+        bce_weight, bce, rmi_weight, rmi, flags, reduction="none", return_terms=return_terms
     )
-    return per_class.mean(axis=0).sum()

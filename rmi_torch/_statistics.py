@@ -220,17 +220,7 @@ class _RegionLogDet(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
-def region_log_det(
-    p_maps: torch.Tensor,
-    y_maps: torch.Tensor,
-    window_weights: torch.Tensor | None,
-    *,
-    radius: int,
-    step: int,
-    epsilon: float,
-    offset: float,
-    dtype: torch.dtype,
-) -> torch.Tensor:
+def region_log_det(p_maps, y_maps, window_weights, radius, step, epsilon, offset, dtype):
     """``sum(log(diag(chol(M + eps I)) + offset))`` for each ``(n, c)`` of two maps, ``[N, C]``.
 
     ``p_maps``, ``y_maps``: ``[N, C, H, W]`` (downsampled) probability and target maps, whose
@@ -268,13 +258,6 @@ def lower_bound(
     with torch.autocast(p_maps.device.type, enabled=False):
         # 0.5 * logdet = sum(log(diag(chol))), so the 0.5 and the 2 of the reference cancel.
         log_det = region_log_det(
-            p_maps,
-            y_maps,
-            window_weights,
-            radius=radius,
-            step=step,
-            epsilon=epsilon,
-            offset=offset,
-            dtype=dtype,
+            p_maps, y_maps, window_weights, radius, step, epsilon, offset, dtype
         )
     return log_det / (radius * radius)

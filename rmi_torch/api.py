@@ -11,17 +11,17 @@ from rmi_core.options import (
     DownsamplingMethod,
     LossTerms,
     Reduction,
+    call_options,
     check_dense_options,
     check_dense_shapes,
     check_epsilon,
     check_floating,
     check_mask_shape,
     check_rank,
+    combine_terms,
     dense_window_grid,
     is_array,
-    reduce_loss,
     terms_to_compute,
-    weighted_sum,
     window_step,
 )
 from rmi_torch._bce import bce_per_example
@@ -107,18 +107,7 @@ def rmi_loss(
       Zhao, Wang, Yang, Cai. "Region Mutual Information Loss for Semantic Segmentation",
       NeurIPS 2019. https://arxiv.org/abs/1910.12037
     """
-    check_dense_options(
-        with_logits=with_logits,
-        radius=radius,
-        bce_weight=bce_weight,
-        downsampling_method=downsampling_method,
-        stride=stride,
-        use_log_trace=use_log_trace,
-        use_double_precision=use_double_precision,
-        epsilon=epsilon,
-        reduction=reduction,
-        return_terms=return_terms,
-    )
+    check_dense_options(**call_options(locals(), ("input", "target", "valid_mask")))
     _check_inputs(
         input, target, valid_mask, radius=radius, method=downsampling_method, stride=stride
     )
@@ -126,13 +115,8 @@ def rmi_loss(
     # reference does; statistics in float32 unless float64 was asked for or given.
     work_dtype = torch.promote_types(input.dtype, torch.float32)
     stats_dtype = torch.float64 if use_double_precision else work_dtype
-    check_epsilon(
-        epsilon,
-        radius=radius,
-        grid=dense_window_grid(*input.shape[2:], radius, downsampling_method, stride),
-        unit_roundoff=torch.finfo(stats_dtype).eps,
-        dtype_name=_dtype_name(stats_dtype),
-    )
+    grid = dense_window_grid(*input.shape[2:], radius, downsampling_method, stride)
+    check_epsilon_in(stats_dtype, epsilon, radius, grid)
     input, target = input.to(work_dtype), target.to(work_dtype)
     pixel_mask = window_mask = None
     if valid_mask is not None:
@@ -192,10 +176,10 @@ def rmi_loss(
         ).sum(dim=1)
     if flags is None:
         flags = non_finite_flags(input, target)
-    total = nan_where_flagged(weighted_sum(bce_weight, bce, 1.0 - bce_weight, rmi), flags)
-    if return_terms:
-        return LossTerms(*(reduce_loss(t, reduction) for t in (total, bce, rmi)))
-    return reduce_loss(total, reduction)
+    rmi_weight = 1.0 - bce_weight
+    return combine_terms(
+        bce_weight, bce, rmi_weight, rmi, flags, reduction=reduction, return_terms=return_terms
+    )
 
 
 def non_finite_flags(*tensors: torch.Tensor) -> torch.Tensor:
@@ -205,18 +189,31 @@ def non_finite_flags(*tensors: torch.Tensor) -> torch.Tensor:
     return sum(t.detach().sum(dim=tuple(range(1, t.dim()))) for t in tensors)
 
 
-def nan_where_flagged(per_example: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
-    """``per_example``, NaN where ``flags`` is not finite: ``0 * inf`` and ``0 * NaN`` are NaN."""
-    return per_example + 0 * flags.to(per_example.dtype)
-
-
 def weight_in(weight, dtype: torch.dtype, device: torch.device):
     """A term weight as used: a Python number as it is, a tensor weight in ``dtype`` (so that a
     float64 schedule does not turn a float32 loss into float64) on the inputs' device."""
     return torch.as_tensor(weight, dtype=dtype, device=device) if is_array(weight) else weight
 
 
-class RMILoss(nn.Module):
+class OptionsModule(nn.Module):
+    """A loss module whose constructor arguments are the options of one loss function: checked
+    once, kept as attributes of their own names (as the modules it replaces keep them), passed
+    to the function by :meth:`options`, and listed by ``repr``."""
+
+    def _set_options(self, options: dict, check) -> None:
+        check(**options)
+        self._option_names = tuple(options)
+        for name, value in options.items():
+            setattr(self, name, value)
+
+    def options(self) -> dict:
+        return {name: getattr(self, name) for name in self._option_names}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={value!r}" for name, value in self.options().items())
+
+
+class RMILoss(OptionsModule):
     """Region Mutual Information loss as a module: a drop-in for ``rmi.RMILoss``.
 
     Same constructor (positional order, names, defaults) as the ``rmi-pytorch`` package, plus
@@ -246,57 +243,19 @@ class RMILoss(nn.Module):
         return_terms: bool = False,
     ) -> None:
         super().__init__()
-        check_dense_options(
-            with_logits=with_logits,
-            radius=radius,
-            bce_weight=bce_weight,
-            downsampling_method=downsampling_method,
-            stride=stride,
-            use_log_trace=use_log_trace,
-            use_double_precision=use_double_precision,
-            epsilon=epsilon,
-            reduction=reduction,
-            return_terms=return_terms,
-        )
-        self.with_logits = with_logits
-        self.radius = radius
-        self.bce_weight = bce_weight
-        self.downsampling_method = downsampling_method
-        self.stride = stride
-        self.use_log_trace = use_log_trace
-        self.use_double_precision = use_double_precision
-        self.epsilon = epsilon
-        self.reduction = reduction
-        self.return_terms = return_terms
+        self._set_options(call_options(locals(), ()), check_dense_options)
 
     def forward(
         self, input: torch.Tensor, target: torch.Tensor, valid_mask: torch.Tensor | None = None
     ) -> torch.Tensor | LossTerms:
         """The loss of ``input`` against ``target``, optionally over ``valid_mask`` pixels only."""
-        return rmi_loss(
-            input,
-            target,
-            valid_mask=valid_mask,
-            with_logits=self.with_logits,
-            radius=self.radius,
-            bce_weight=self.bce_weight,
-            downsampling_method=self.downsampling_method,
-            stride=self.stride,
-            use_log_trace=self.use_log_trace,
-            use_double_precision=self.use_double_precision,
-            epsilon=self.epsilon,
-            reduction=self.reduction,
-            return_terms=self.return_terms,
-        )
+        return rmi_loss(input, target, valid_mask=valid_mask, **self.options())
 
-    def extra_repr(self) -> str:
-        return (
-            f"with_logits={self.with_logits}, radius={self.radius}, "
-            f"bce_weight={self.bce_weight}, downsampling_method={self.downsampling_method!r}, "
-            f"stride={self.stride}, use_log_trace={self.use_log_trace}, "
-            f"use_double_precision={self.use_double_precision}, epsilon={self.epsilon}, "
-            f"reduction={self.reduction!r}, return_terms={self.return_terms}"
-        )
+
+def check_epsilon_in(dtype: torch.dtype, epsilon: float, radius: int, grid) -> None:
+    """:func:`rmi_core.options.check_epsilon` for statistics in ``dtype``."""
+    unit_roundoff, name = torch.finfo(dtype).eps, _dtype_name(dtype)
+    check_epsilon(epsilon, radius=radius, grid=grid, unit_roundoff=unit_roundoff, dtype_name=name)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

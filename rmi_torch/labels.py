@@ -3,36 +3,27 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from rmi_core.options import (
-    CHOLESKY_LOG_OFFSET,
     LABEL_EPSILON,
     PROBABILITY_OFFSET,
     LossTerms,
-    check_epsilon,
+    call_options,
     check_label_options,
     check_label_shapes,
-    label_pooling_method,
+    combine_terms,
+    label_rmi_term,
     label_term_weights,
     label_window_grid,
     terms_to_compute,
-    weighted_sum,
-    window_step,
 )
+from rmi_torch import _statistics, _windows
 from rmi_torch._bce import label_bce
-from rmi_torch._statistics import lower_bound
-from rmi_torch._windows import (
-    downsample,
-    masked_window_weights,
-    resize_bilinear_corners,
-    resize_nearest,
-    resize_validity,
-)
 from rmi_torch.api import (
+    OptionsModule,
     _dtype_name,
+    check_epsilon_in,
     check_prediction,
-    nan_where_flagged,
     non_finite_flags,
     weight_in,
 )
@@ -109,19 +100,7 @@ def rmi_loss_from_labels(
       Zhao, Wang, Yang, Cai. "Region Mutual Information Loss for Semantic Segmentation",
       NeurIPS 2019. https://arxiv.org/abs/1910.12037 (code: github.com/ZJULearning/RMI)
     """
-    check_label_options(
-        num_classes=num_classes,
-        rmi_radius=rmi_radius,
-        rmi_pool_way=rmi_pool_way,
-        rmi_pool_size=rmi_pool_size,
-        rmi_pool_stride=rmi_pool_stride,
-        loss_weight_lambda=loss_weight_lambda,
-        lambda_way=lambda_way,
-        ignore_index=ignore_index,
-        use_double_precision=use_double_precision,
-        exclude_ignored=exclude_ignored,
-        return_terms=return_terms,
-    )
+    check_label_options(**call_options(locals(), ("logits", "labels")))
     shape = check_prediction("logits", logits)
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
@@ -143,13 +122,8 @@ def rmi_loss_from_labels(
     # statistics in float64 unless asked otherwise.
     work_dtype = torch.promote_types(logits.dtype, torch.float32)
     stats_dtype = torch.float64 if use_double_precision else work_dtype
-    check_epsilon(
-        LABEL_EPSILON,
-        radius=rmi_radius,
-        grid=label_window_grid(*shape[2:], rmi_radius, rmi_pool_way, rmi_pool_stride),
-        unit_roundoff=torch.finfo(stats_dtype).eps,
-        dtype_name=_dtype_name(stats_dtype),
-    )
+    grid = label_window_grid(*shape[2:], rmi_radius, rmi_pool_way, rmi_pool_stride)
+    check_epsilon_in(stats_dtype, LABEL_EPSILON, rmi_radius, grid)
     logits = logits.to(work_dtype)
     valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
     classes = torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
@@ -165,6 +139,8 @@ def rmi_loss_from_labels(
     if need_rmi:
         probabilities = torch.sigmoid(logits) * valid.unsqueeze(1) + PROBABILITY_OFFSET
         rmi = label_rmi_term(
+            _windows,
+            _statistics,
             probabilities,
             target,
             valid if exclude_ignored else None,
@@ -175,11 +151,12 @@ def rmi_loss_from_labels(
         )
     # NaN or an infinity in the logits makes the loss NaN; the BCE flags them when computed.
     flags = non_finite_flags(logits).sum() if bce is None else bce
-    total = nan_where_flagged(weighted_sum(bce_weight, bce, rmi_weight, rmi), flags)
-    return LossTerms(total, bce, rmi) if return_terms else total
+    return combine_terms(
+        bce_weight, bce, rmi_weight, rmi, flags, reduction="none", return_terms=return_terms
+    )
 
 
-class LabelRMILoss(nn.Module):
+class LabelRMILoss(OptionsModule):
     """RMI loss from label maps as a module, with the constructor of the authors' ``RMILoss``.
 
     Same option names, order and defaults as the paper authors' code, plus ``ignore_index``,
@@ -210,100 +187,7 @@ class LabelRMILoss(nn.Module):
         return_terms: bool = False,
     ) -> None:
         super().__init__()
-        check_label_options(
-            num_classes=num_classes,
-            rmi_radius=rmi_radius,
-            rmi_pool_way=rmi_pool_way,
-            rmi_pool_size=rmi_pool_size,
-            rmi_pool_stride=rmi_pool_stride,
-            loss_weight_lambda=loss_weight_lambda,
-            lambda_way=lambda_way,
-            ignore_index=ignore_index,
-            use_double_precision=use_double_precision,
-            exclude_ignored=exclude_ignored,
-            return_terms=return_terms,
-        )
-        self.num_classes = num_classes
-        self.rmi_radius = rmi_radius
-        self.rmi_pool_way = rmi_pool_way
-        self.rmi_pool_size = rmi_pool_size
-        self.rmi_pool_stride = rmi_pool_stride
-        self.loss_weight_lambda = loss_weight_lambda
-        self.lambda_way = lambda_way
-        self.ignore_index = ignore_index
-        self.use_double_precision = use_double_precision
-        self.exclude_ignored = exclude_ignored
-        self.return_terms = return_terms
+        self._set_options(call_options(locals(), ()), check_label_options)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | LossTerms:
-        return rmi_loss_from_labels(
-            logits,
-            labels,
-            num_classes=self.num_classes,
-            rmi_radius=self.rmi_radius,
-            rmi_pool_way=self.rmi_pool_way,
-            rmi_pool_size=self.rmi_pool_size,
-            rmi_pool_stride=self.rmi_pool_stride,
-            loss_weight_lambda=self.loss_weight_lambda,
-            lambda_way=self.lambda_way,
-            ignore_index=self.ignore_index,
-            use_double_precision=self.use_double_precision,
-            exclude_ignored=self.exclude_ignored,
-            return_terms=self.return_terms,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, rmi_radius={self.rmi_radius}, "
-            f"rmi_pool_way={self.rmi_pool_way}, rmi_pool_size={self.rmi_pool_size}, "
-            f"rmi_pool_stride={self.rmi_pool_stride}, "
-            f"loss_weight_lambda={self.loss_weight_lambda}, lambda_way={self.lambda_way}, "
-            f"ignore_index={self.ignore_index}, use_double_precision={self.use_double_precision}, "
-            f"exclude_ignored={self.exclude_ignored}, return_terms={self.return_terms}"
-        )
-
-
-def label_rmi_term(
-    probabilities: torch.Tensor,
-    target: torch.Tensor,
-    valid: torch.Tensor | None,
-    *,
-    radius: int,
-    pool_way: int,
-    stride: int,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Per class the batch mean of ``0.5 logdet(M + eps I) / d``, summed over classes.
-
-    ``probabilities`` and ``target`` are ``[N, C, H, W]`` at full resolution; the statistics
-    run in ``dtype``. ``valid``: ``None`` (every window counts) or the ``[N, H, W]`` mask whose
-    invalid pixels' windows leave.
-    """
-    method = label_pooling_method(pool_way)
-    window_mask = None
-    if pool_way == 2 and stride > 1:
-        size = (probabilities.shape[2] // stride, probabilities.shape[3] // stride)
-        probabilities = resize_bilinear_corners(probabilities, size)
-        target = resize_nearest(target, size)
-        valid = None if valid is None else resize_validity(valid, size)
-        stride = 1  # downsampled already: no pooling left to do
-    if valid is not None:
-        window_mask = masked_window_weights(
-            valid,
-            "labels (with exclude_ignored=True)",
-            radius=radius,
-            method=method,
-            stride=stride,
-            dtype=dtype,
-        )
-    per_class = lower_bound(
-        downsample(probabilities, method, stride),
-        downsample(target, method, stride),
-        window_mask,
-        radius=radius,
-        step=window_step(method, stride),
-        epsilon=LABEL_EPSILON,
-        offset=CHOLESKY_LOG_OFFSET,
-        dtype=dtype,
-    )
-    return per_class.mean(dim=0).sum()
+        return rmi_loss_from_labels(logits, labels, **self.options())
