@@ -413,7 +413,7 @@ def channels_first_shape(name: str, shape: tuple[int, ...], channel_axis: object
     The batch is axis 0 in every layout, so the classes may sit on any other axis.
     """
     if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
-        raise TypeError(f"channel_axis must be an int, got {channel_axis!r}")
+        raise _type_error("channel_axis", channel_axis, "an int")
     if not -4 < channel_axis < 4 or channel_axis == 0:
         raise ValueError(
             f"channel_axis must be one of 1, 2, 3, -1, -2, -3 for rank-4 {name} (axis 0 is the "

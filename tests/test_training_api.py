@@ -112,7 +112,15 @@ def test_an_array_weight_must_be_a_scalar() -> None:
 
 
 @pytest.mark.parametrize(
-    "name, value", [("radius", 3), ("stride", 2), ("with_logits", True), ("use_log_trace", False)]
+    "name, value",
+    [
+        ("radius", 3),
+        ("stride", 2),
+        ("with_logits", True),
+        ("use_log_trace", False),
+        ("epsilon", 1e-3),
+        ("channel_axis", 1),
+    ],
 )
 def test_a_traced_static_option_says_how_to_keep_it_static(name, value) -> None:
     options = {"with_logits": True, "channel_axis": 1}
