@@ -128,7 +128,7 @@ def rmi_loss(
     check_dense_options(**call_options(locals(), ("pred", "target", "valid_mask", "channel_axis")))
     pred, target = jnp.asarray(pred), jnp.asarray(target)
     mask = None if valid_mask is None else jnp.asarray(valid_mask)
-    _check_inputs(
+    nchw = _check_inputs(
         pred,
         target,
         mask,
@@ -142,7 +142,6 @@ def rmi_loss(
     # reference does; statistics in float32 unless float64 was asked for or given.
     work_dtype = jnp.promote_types(pred.dtype, jnp.float32)
     stats_dtype = jnp.float64 if use_double_precision else work_dtype
-    nchw = channels_first_shape("pred", pred.shape, channel_axis)
     grid = dense_window_grid(*nchw[2:], radius, downsampling_method, stride)
     check_epsilon_in(stats_dtype, epsilon, radius, grid)
     pred, target = pred.astype(work_dtype), target.astype(work_dtype)
@@ -260,8 +259,9 @@ def _check_inputs(
     method: str,
     stride: int,
     channel_axis: object,
-) -> None:
-    """Check ranks, shapes, dtypes and that a region fits (shapes only: runs at trace time)."""
+) -> tuple[int, ...]:
+    """Check ranks, shapes, dtypes and that a region fits (shapes only: runs at trace time);
+    returns the prediction's shape in NCHW order."""
     nchw = check_prediction("pred", pred, channel_axis)
     check_dense_shapes(
         "pred", nchw, pred.shape, target.shape, radius=radius, method=method, stride=stride
@@ -272,3 +272,4 @@ def _check_inputs(
         check_mask_shape("pred", mask.shape, pred.shape, channel_axis)
         if mask.dtype != jnp.bool_:
             raise TypeError(f"valid_mask must have dtype bool, got {mask.dtype}")
+    return nchw
