@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.baseline_torch import baseline_rmi_loss
 from parity_tests import reference
+from parity_tests.baseline_torch import baseline_rmi_loss
 from parity_tests.fixtures import Fixture, load_fixtures
 from parity_tests.tolerances import F64_VALUE_RTOL
 

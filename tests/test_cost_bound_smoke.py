@@ -10,6 +10,8 @@ pytest.importorskip("jax")
 
 from benchmarks import cost_bound  # noqa: E402
 
+pytestmark = pytest.mark.full  # compiles the loss, the statistics and a QR: the full tier
+
 
 def test_cost_bound_writes_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
@@ -20,3 +22,6 @@ def test_cost_bound_writes_its_figures(tmp_path: Path) -> None:
     derived = ("rmi_jax_minus_statistics_ms", "statistics_budget_3x_floor_ms")
     assert all(math.isfinite(payload[key]) for key in derived)
     assert payload["products_at_sgemm_rate_ms"] > 0
+    ratio = payload["median_ms"]["statistics"] / payload["products_at_sgemm_rate_ms"]
+    assert payload["statistics_to_product_bound"] == pytest.approx(ratio)
+    assert payload["machine"] and isinstance(payload["cpu_flags"], list)

@@ -2,9 +2,10 @@
 
 Written step by step from the dense semantics, docs/semantics.md#dense-targets (BCE, sigmoid,
 max pool, ``F.unfold`` regions, centring, the three Gram matrices, an explicit inverse, a Cholesky
-factor) so that it costs what the existing implementations cost: the benchmark compares the
-project's backends against it.
-It is deliberately *not* optimised and not part of the public packages.
+factor) so that it costs what the existing implementations cost: the benchmarks compare the
+project's backends against it, and ``test_reference.py`` checks it against the float64 reference.
+It lives here, not in ``benchmarks/``, so that the benchmarks depend on ``parity_tests`` and never
+the other way round. It is deliberately *not* optimised and not part of the public packages.
 """
 
 from __future__ import annotations
