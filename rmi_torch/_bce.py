@@ -103,12 +103,15 @@ def _add_at_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tens
     batch, channels, _, width = grad.shape
     device = indices.device
     stride_n, stride_c, stride_h, stride_w = grad.stride()
-    rows, cols = torch.div(indices, width, rounding_mode="floor"), indices % width
+    if stride_h == width * stride_w:  # rows of the plane follow each other (NCHW, NHWC)
+        in_plane = indices * stride_w
+    else:
+        rows, cols = torch.div(indices, width, rounding_mode="floor"), indices % width
+        in_plane = rows * stride_h + cols * stride_w
     offsets = (
         torch.arange(batch, device=device).view(-1, 1, 1, 1) * stride_n
         + torch.arange(channels, device=device).view(1, -1, 1, 1) * stride_c
-        + rows * stride_h
-        + cols * stride_w
+        + in_plane
     )
     storage = grad.as_strided((grad.numel(),), (1,), grad.storage_offset())
     storage.index_add_(0, offsets.flatten(), values.flatten())
