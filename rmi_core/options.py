@@ -49,6 +49,11 @@ class LossTerms(NamedTuple):
 # --- Python-valued options ------------------------------------------------------------------
 
 
+def is_array(value: object) -> bool:
+    """An array of any library (a JAX array or tracer, a NumPy array, a torch tensor)."""
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
 def _type_error(name: str, value: object, expected: str) -> TypeError:
     """``name`` got ``value`` where ``expected`` (e.g. "a bool") belongs.
 
@@ -56,7 +61,7 @@ def _type_error(name: str, value: object, expected: str) -> TypeError:
     as an argument. Options like this set the structure of the computation, so the message
     shows the two ways to keep them Python values.
     """
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
+    if is_array(value):
         return TypeError(
             f"{name} must be a Python value ({expected}), got an array "
             f"({type(value).__name__}): it fixes the structure of the computation, so it cannot "
@@ -95,11 +100,6 @@ def require_choice(name: str, value: object, choices: dict[int, str]) -> None:
 def require_unit_interval(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
-
-
-def is_array(value: object) -> bool:
-    """An array of any library (a JAX array or tracer, a NumPy array, a torch tensor)."""
-    return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 def check_weight(name: str, value: object) -> None:
