@@ -1,5 +1,6 @@
 """Shared pytest set-up for ``parity_tests`` and ``tests``."""
 
+import os
 from pathlib import Path
 
 import jax
@@ -30,3 +31,22 @@ def _release_compiled_executables():
     usage = _mapping_count_and_limit()
     if usage is not None and usage[0] > usage[1] // 2:
         jax.clear_caches()
+
+
+# pytest-xdist workers for ``-n auto`` (pyproject's addopts). Each worker compiles its own JAX
+# programs and holds its own caches; past a few, the largest test file (``--dist loadfile``)
+# bounds the run, so more cores go unused.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """One worker per core, at most MAX_WORKERS; none (a single process) when ``RMI_TEST_DEVICE``
+    names an accelerator, which one process should own. ``PYTEST_XDIST_AUTO_NUM_WORKERS``
+    overrides both."""
+    requested = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if requested:
+        return int(requested)
+    if os.environ.get("RMI_TEST_DEVICE", "cpu") != "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_WORKERS, cores or 1))

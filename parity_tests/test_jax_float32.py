@@ -1,6 +1,7 @@
 """JAX's default float32 route vs the NumPy reference, plus layout, jit and vmap invariances.
 
-Runs with x64 off, as JAX users do by default; the float64 checks live in ``x64/``.
+Runs with x64 off, as JAX users do by default; the float64 checks live in ``x64/``. The default
+tier checks a covering subset of the fixtures and the equivalences on a few (``tiers.py``).
 """
 
 import jax
@@ -8,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from parity_tests.backends import jax_value_and_grad
+from parity_tests.backends import jax_reductions, jax_value_and_grad, torch_value_and_grad
 from parity_tests.fixtures import Fixture, load_fixtures
+from parity_tests.tiers import DEFAULT_DENSE, DEFAULT_EAGER, DEFAULT_EQUIVALENCE, tiered
 from parity_tests.tolerances import (
     F32_SAME_MATH_ATOL,
     F32_SAME_MATH_RTOL,
@@ -23,17 +25,17 @@ from rmi_jax import rmi_loss
 
 FIXTURES = load_fixtures()
 WITH_FD = [f for f in FIXTURES if f.grad_fd is not None]
-
-
-def ids(fixtures: list[Fixture]) -> list[str]:
-    return [f.name for f in fixtures]
+ALL = tiered(FIXTURES, DEFAULT_DENSE)
+ALL_WITH_FD = tiered(WITH_FD, DEFAULT_DENSE)
+EQUIVALENCE = tiered(FIXTURES, DEFAULT_EQUIVALENCE)
+EAGER = tiered(FIXTURES, DEFAULT_EAGER)
 
 
 def nchw_loss(fixture: Fixture, examples: slice = slice(None), **overrides):
-    """The fixture's loss on NCHW inputs; ``examples`` selects the rows of its mask to use."""
+    """The fixture's loss on NCHW inputs, jitted; ``examples`` selects the rows of its mask."""
     mask = fixture.mask_argument(lambda mask: jnp.asarray(mask[examples]))
     options = {**fixture.options, **mask, "channel_axis": 1, **overrides}
-    return lambda pred, target: rmi_loss(pred, target, **options)
+    return jax.jit(lambda pred, target: rmi_loss(pred, target, **options))
 
 
 def assert_same_math(actual, expected) -> None:
@@ -42,7 +44,7 @@ def assert_same_math(actual, expected) -> None:
     )
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", ALL)
 def test_float32_value_matches_reference(fixture: Fixture) -> None:
     value, grad = jax_value_and_grad(fixture, double=False)
     assert value.dtype == np.float32
@@ -50,13 +52,22 @@ def test_float32_value_matches_reference(fixture: Fixture) -> None:
     assert np.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("fixture", WITH_FD, ids=ids(WITH_FD))
+@pytest.mark.parametrize("fixture", ALL_WITH_FD)
 def test_float32_gradient_matches_finite_differences(fixture: Fixture) -> None:
     _, grad = jax_value_and_grad(fixture, double=False)
     assert relative_error(grad, fixture.grad_fd) < f32_grad_rtol(fixture)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", ALL)
+def test_float32_gradient_matches_torch_float64(fixture: Fixture) -> None:
+    # The float64 PyTorch gradient is held to the reference (finite differences) and to JAX's
+    # float64 one in test_torch.py and x64/; here it stands in for the exact gradient.
+    _, grad = jax_value_and_grad(fixture, double=False)
+    _, grad64 = torch_value_and_grad(fixture, double=True)
+    assert relative_error(grad, grad64) < f32_grad_rtol(fixture)
+
+
+@pytest.mark.parametrize("fixture", EQUIVALENCE)
 def test_nhwc_equals_nchw(fixture: Fixture) -> None:
     pred, target = jnp.asarray(fixture.pred), jnp.asarray(fixture.target)
     nchw = nchw_loss(fixture)(pred, target)
@@ -66,39 +77,38 @@ def test_nhwc_equals_nchw(fixture: Fixture) -> None:
     assert_same_math(nhwc, nchw)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", EAGER)
 def test_jit_equals_eager(fixture: Fixture) -> None:
-    pred, target = jnp.asarray(fixture.pred), jnp.asarray(fixture.target)
-    loss = nchw_loss(fixture)
-    eager = jax.value_and_grad(loss)(pred, target)
-    jitted = jax.jit(jax.value_and_grad(loss))(pred, target)
+    eager = jax_value_and_grad(fixture, double=False, jit=False)
+    jitted = jax_value_and_grad(fixture, double=False)
     assert_same_math(jitted[0], eager[0])
     assert relative_error(jitted[1], eager[1]) < f32_same_math_grad_rtol(fixture)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", EQUIVALENCE)
 def test_vmap_over_leading_axis_equals_loop(fixture: Fixture) -> None:
     # A second, different prediction so the two mapped slices really differ.
     preds = jnp.stack([jnp.asarray(fixture.pred), 0.5 * jnp.asarray(fixture.pred)])
     target = jnp.asarray(fixture.target)
     loss = nchw_loss(fixture)
-    mapped = jax.vmap(loss, in_axes=(0, None))(preds, target)
+    mapped = jax.jit(jax.vmap(loss, in_axes=(0, None)))(preds, target)
     looped = jnp.stack([loss(p, target) for p in preds])
     assert_same_math(mapped, looped)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", EQUIVALENCE)
 def test_reduction_none_matches_per_example_calls(fixture: Fixture) -> None:
     pred, target = jnp.asarray(fixture.pred), jnp.asarray(fixture.target)
-    per_example = nchw_loss(fixture, reduction="none")(pred, target)
+    values = jax_reductions(fixture, double=False)
+    per_example = values["none"]
     singles = [
         nchw_loss(fixture, slice(n, n + 1))(pred[n : n + 1], target[n : n + 1])
         for n in range(len(pred))
     ]
     assert per_example.shape == (len(pred),)
     assert_same_math(per_example, jnp.stack(singles))
-    assert_same_math(per_example.mean(), nchw_loss(fixture)(pred, target))
-    assert_same_math(per_example.sum(), nchw_loss(fixture, reduction="sum")(pred, target))
+    assert_same_math(per_example.mean(), values["mean"])
+    assert_same_math(per_example.sum(), values["sum"])
     np.testing.assert_allclose(
         per_example, fixture.per_example, rtol=F32_VALUE_RTOL, atol=F32_VALUE_ATOL
     )

@@ -1,21 +1,24 @@
 """Label-map RMI (docs/semantics.md#label-maps) of both backends vs the NumPy reference, on the
-``labels-*`` fixtures.
+``labels-*`` fixtures (the default tier: on the covering subset of ``tiers.py``).
 
 Runs with JAX's x64 off, as JAX users do by default; the float64 JAX checks live in
-``x64/test_labels_x64.py``. The two ``*_label_value_and_grad`` helpers are shared with it.
+``x64/test_labels_x64.py``.
 """
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
+from parity_tests.backends import (
+    jax_label_value_and_grad,
+    torch_label_value_and_grad,
+    torch_tensor,
+)
 from parity_tests.fixtures import Fixture, load_fixtures
+from parity_tests.tiers import DEFAULT_EAGER, DEFAULT_EQUIVALENCE, DEFAULT_LABELS, tiered
 from parity_tests.tolerances import (
     F32_SAME_MATH_ATOL,
     F32_SAME_MATH_RTOL,
@@ -32,65 +35,16 @@ from rmi_torch import rmi_loss_from_labels as torch_loss
 
 FIXTURES = load_fixtures("labels-*.npz")
 WITH_FD = [f for f in FIXTURES if f.grad_fd is not None]
-
-
-def jax_label_value_and_grad(
-    fixture: Fixture, *, double: bool, channel_axis: int = 1, jit: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Value and gradient w.r.t. the NCHW logits from JAX (float64 needs x64).
-
-    Memoised per fixture and arguments: several tests check the same JAX result, and each
-    fixture's shapes cost a compilation (jitted) or many small ones (eager).
-    """
-    return _jax_label_value_and_grad(fixture.name, double, channel_axis, jit)
-
-
-@functools.cache
-def _jax_label_value_and_grad(
-    name: str, double: bool, channel_axis: int, jit: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    fixture = load_fixtures(f"{name}.npz")[0]
-    logits = jnp.asarray(fixture.pred, jnp.float64 if double else jnp.float32)
-    labels = jnp.asarray(fixture.target)
-
-    def loss(x):
-        if channel_axis != 1:
-            x = jnp.moveaxis(x, 1, channel_axis)
-        return jax_loss(x, labels, **fixture.options, channel_axis=channel_axis)
-
-    value_and_grad = jax.value_and_grad(loss)
-    value, grad = (jax.jit(value_and_grad) if jit else value_and_grad)(logits)
-    return np.asarray(value), np.asarray(grad)
-
-
-def torch_label_value_and_grad(
-    fixture: Fixture, *, double: bool, use_double_precision: bool | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Value and gradient w.r.t. the logits from torch; float64 statistics when ``double``
-    unless ``use_double_precision`` says otherwise."""
-    logits = torch.tensor(fixture.pred, dtype=torch.float64 if double else torch.float32)
-    logits.requires_grad_(True)
-    if use_double_precision is None:
-        use_double_precision = double
-    value = torch_loss(
-        logits,
-        torch.tensor(fixture.target),
-        **fixture.options,
-        use_double_precision=use_double_precision,
-    )
-    value.backward()
-    return value.detach().numpy(), logits.grad.numpy()
-
-
-def ids(fixtures: list[Fixture]) -> list[str]:
-    return [f.name for f in fixtures]
+ALL = tiered(FIXTURES, DEFAULT_LABELS)
+ALL_WITH_FD = tiered(WITH_FD, DEFAULT_LABELS)
+EQUIVALENCE = tiered(FIXTURES, DEFAULT_EQUIVALENCE)
 
 
 def assert_f32_value(value: np.ndarray, fixture: Fixture) -> None:
     np.testing.assert_allclose(value, fixture.value, rtol=F32_VALUE_RTOL, atol=F32_VALUE_ATOL)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", ALL)
 def test_torch_float64_value_matches_reference(fixture: Fixture) -> None:
     value, grad = torch_label_value_and_grad(fixture, double=True)
     assert value.dtype == np.float64 and value.shape == ()
@@ -98,13 +52,13 @@ def test_torch_float64_value_matches_reference(fixture: Fixture) -> None:
     assert np.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("fixture", WITH_FD, ids=ids(WITH_FD))
+@pytest.mark.parametrize("fixture", ALL_WITH_FD)
 def test_torch_float64_gradient_matches_finite_differences(fixture: Fixture) -> None:
     _, grad = torch_label_value_and_grad(fixture, double=True)
     assert relative_error(grad, fixture.grad_fd) < FD_GRAD_RTOL
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", ALL)
 def test_torch_float32_route_matches_reference(fixture: Fixture) -> None:
     value, grad = torch_label_value_and_grad(fixture, double=False)
     assert value.dtype == np.float32
@@ -113,7 +67,7 @@ def test_torch_float32_route_matches_reference(fixture: Fixture) -> None:
     assert relative_error(grad, grad64) < f32_grad_rtol(fixture)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES[::4], ids=ids(FIXTURES[::4]))
+@pytest.mark.parametrize("fixture", FIXTURES[::4], ids=str)
 def test_torch_float32_logits_with_double_statistics(fixture: Fixture) -> None:
     # The authors' setting: float32 network output, float64 statistics, a float64 loss.
     value, _ = torch_label_value_and_grad(fixture, double=False, use_double_precision=True)
@@ -121,7 +75,7 @@ def test_torch_float32_logits_with_double_statistics(fixture: Fixture) -> None:
     assert_f32_value(value, fixture)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", ALL)
 def test_jax_float32_value_matches_reference(fixture: Fixture) -> None:
     value, grad = jax_label_value_and_grad(fixture, double=False)
     assert value.dtype == np.float32 and value.shape == ()
@@ -129,20 +83,20 @@ def test_jax_float32_value_matches_reference(fixture: Fixture) -> None:
     assert np.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("fixture", WITH_FD, ids=ids(WITH_FD))
+@pytest.mark.parametrize("fixture", ALL_WITH_FD)
 def test_jax_float32_gradient_matches_finite_differences(fixture: Fixture) -> None:
     _, grad = jax_label_value_and_grad(fixture, double=False)
     assert relative_error(grad, fixture.grad_fd) < f32_grad_rtol(fixture)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", ALL)
 def test_jax_float32_gradient_matches_torch_float64(fixture: Fixture) -> None:
     _, grad = jax_label_value_and_grad(fixture, double=False)
     _, grad64 = torch_label_value_and_grad(fixture, double=True)
     assert relative_error(grad, grad64) < f32_grad_rtol(fixture)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", EQUIVALENCE)
 def test_jax_nhwc_equals_nchw(fixture: Fixture) -> None:
     nchw = jax_label_value_and_grad(fixture, double=False, channel_axis=1)
     nhwc = jax_label_value_and_grad(fixture, double=False, channel_axis=-1)
@@ -152,11 +106,14 @@ def test_jax_nhwc_equals_nchw(fixture: Fixture) -> None:
     assert relative_error(nhwc[1], nchw[1]) < f32_grad_rtol(fixture)
 
 
-# One fixture per pool way: eager dispatch costs seconds per fixture.
-EAGER = [f for f in FIXTURES if f.name in ("labels-default", "labels-avg", "labels-interp")]
+# One fixture per pool way (eager dispatch costs seconds per fixture); one in the default tier.
+EAGER = tiered(
+    [f for f in FIXTURES if f.name in ("labels-default", "labels-avg", "labels-interp")],
+    DEFAULT_EAGER,
+)
 
 
-@pytest.mark.parametrize("fixture", EAGER, ids=ids(EAGER))
+@pytest.mark.parametrize("fixture", EAGER)
 def test_jax_jit_equals_eager(fixture: Fixture) -> None:
     eager = jax_label_value_and_grad(fixture, double=False, jit=False)
     jitted = jax_label_value_and_grad(fixture, double=False)
@@ -168,9 +125,9 @@ def test_jax_jit_equals_eager(fixture: Fixture) -> None:
     assert relative_error(jitted[1], eager[1]) < f32_grad_rtol(fixture)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES[::4], ids=ids(FIXTURES[::4]))
+@pytest.mark.parametrize("fixture", FIXTURES[::4], ids=str)
 def test_torch_module_equals_functional(fixture: Fixture) -> None:
-    logits, labels = torch.tensor(fixture.pred), torch.tensor(fixture.target)
+    logits, labels = torch_tensor(fixture.pred), torch_tensor(fixture.target)
     module = LabelRMILoss(**fixture.options)
     assert torch.equal(module(logits, labels), torch_loss(logits, labels, **fixture.options))
 

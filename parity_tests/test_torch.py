@@ -1,11 +1,13 @@
-"""PyTorch backend vs the independent NumPy reference, on every fixture."""
+"""PyTorch backend vs the independent NumPy reference, on every fixture (the default tier: on the
+covering subset of ``tiers.py``)."""
 
 import numpy as np
 import pytest
 import torch
 
-from parity_tests.backends import torch_value_and_grad
+from parity_tests.backends import torch_tensor, torch_value_and_grad
 from parity_tests.fixtures import Fixture, load_fixtures
+from parity_tests.tiers import DEFAULT_DENSE, tiered
 from parity_tests.tolerances import (
     F32_VALUE_ATOL,
     F32_VALUE_RTOL,
@@ -18,20 +20,18 @@ from rmi_torch import RMILoss, rmi_loss
 
 FIXTURES = load_fixtures()
 WITH_FD = [f for f in FIXTURES if f.grad_fd is not None]
+ALL = tiered(FIXTURES, DEFAULT_DENSE)
+ALL_WITH_FD = tiered(WITH_FD, DEFAULT_DENSE)
 
 
-def ids(fixtures: list[Fixture]) -> list[str]:
-    return [f.name for f in fixtures]
-
-
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", ALL)
 def test_float64_value_matches_reference(fixture: Fixture) -> None:
     value, grad = torch_value_and_grad(fixture, double=True)
     np.testing.assert_allclose(value, fixture.value, rtol=F64_VALUE_RTOL, atol=0)
     assert np.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", ALL)
 def test_float64_per_example_matches_reference(fixture: Fixture) -> None:
     per_example, _ = torch_value_and_grad(fixture, double=True, reduction="none")
     np.testing.assert_allclose(per_example, fixture.per_example, rtol=F64_VALUE_RTOL, atol=0)
@@ -39,13 +39,13 @@ def test_float64_per_example_matches_reference(fixture: Fixture) -> None:
     np.testing.assert_allclose(summed, fixture.per_example.sum(), rtol=F64_VALUE_RTOL, atol=0)
 
 
-@pytest.mark.parametrize("fixture", WITH_FD, ids=ids(WITH_FD))
+@pytest.mark.parametrize("fixture", ALL_WITH_FD)
 def test_float64_gradient_matches_finite_differences(fixture: Fixture) -> None:
     _, grad = torch_value_and_grad(fixture, double=True)
     assert relative_error(grad, fixture.grad_fd) < FD_GRAD_RTOL
 
 
-@pytest.mark.parametrize("fixture", FIXTURES, ids=ids(FIXTURES))
+@pytest.mark.parametrize("fixture", ALL)
 def test_float32_route_matches_reference(fixture: Fixture) -> None:
     value, grad = torch_value_and_grad(fixture, double=False)
     assert value.dtype == np.float32
@@ -61,9 +61,9 @@ MODULE_CASES = (
 
 @pytest.mark.parametrize("fixture", MODULE_CASES, ids=str)
 def test_module_equals_functional(fixture: Fixture) -> None:
-    pred = torch.tensor(fixture.pred)
-    target = torch.tensor(fixture.target)
-    mask = fixture.mask_argument(torch.tensor)
+    pred = torch_tensor(fixture.pred)
+    target = torch_tensor(fixture.target)
+    mask = fixture.mask_argument(torch_tensor)
     module = RMILoss(**fixture.options)
     expected = rmi_loss(pred, target, **fixture.options, **mask)
     assert torch.equal(module(pred, target, **mask), expected)

@@ -6,6 +6,13 @@ Relative errors of arrays are taken in norm: ``||a - b|| / ||b||``.
 # float64 backends vs the float64 NumPy reference: both are exact algorithms in float64 on small,
 # well-conditioned fixtures, so they may differ only by rounding (measured: ~1e-13).
 F64_VALUE_RTOL = 1e-10
+# The same bound as an absolute floor, for drawn inputs whose loss may cross zero (the RMI term
+# is negative, the BCE term positive): rounding of O(1) terms, not of their small sum.
+F64_VALUE_ATOL = 1e-10
+
+# Two float64 computations of the same loss that differ only in layout, strides or chunking: the
+# same arithmetic, at most in another order, so rounding only.
+F64_SAME_MATH_RTOL = 1e-12
 
 # JAX vs PyTorch gradients in float64: the same closed-form backward in both, so rounding only.
 CROSS_BACKEND_GRAD_RTOL = 1e-9
@@ -45,6 +52,10 @@ def f32_grad_rtol(fixture) -> float:
 # jit vs eager, vmap vs loop): reassociated float32 sums, nothing more.
 F32_SAME_MATH_RTOL = 1e-5
 F32_SAME_MATH_ATOL = 1e-6
+# The same float32 loss by the same sums, where only a few roundings can differ (an all-true mask
+# vs none, masked-out values spoiled, a traced mask vs a concrete one): a few units of float32
+# rounding (u = 6e-8) of the value, well inside the same-math bound.
+F32_FEW_ROUNDINGS_RTOL = 1e-6
 
 
 def f32_same_math_grad_rtol(fixture) -> float:

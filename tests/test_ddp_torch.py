@@ -11,6 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+pytestmark = pytest.mark.full  # two training processes and a reference run
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = 2
 BATCH_SIZE = 8  # 4 examples per process

@@ -1,7 +1,7 @@
 """The example scripts run end to end (a few steps) and write their outputs.
 
 Each script runs in a subprocess, as a user runs it (``python examples/<script>.py``), so its
-own ``sys.path`` set-up and command line are what is tested.
+own ``sys.path`` set-up and command line are what is tested. Those runs are in the full tier.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def check_demo_outputs(out: Path, framework: str) -> None:
         assert 0.0 <= metrics["miou"] <= 1.0
 
 
+@pytest.mark.full
 def test_train_flax_runs_without_torch(tmp_path: Path) -> None:
     script = ("examples/train_flax.py", "--steps", str(SMOKE_STEPS), "--out", str(tmp_path))
     result = run("-c", WITHOUT_TORCH, *script)
@@ -61,12 +62,14 @@ def test_train_flax_runs_without_torch(tmp_path: Path) -> None:
     assert "mean IoU" in result.stdout and "boundary F1" in result.stdout
 
 
+@pytest.mark.full
 def test_train_torch_runs(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     run("examples/train_torch.py", "--steps", str(SMOKE_STEPS), "--out", str(tmp_path))
     check_demo_outputs(tmp_path, "torch")
 
 
+@pytest.mark.full
 def test_loss_curves_of_both_backends_coincide(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     # The script itself exits non-zero if the JAX and PyTorch curves differ.

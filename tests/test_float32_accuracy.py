@@ -10,7 +10,7 @@ from benchmarks.float32_accuracy import float32_errors
 BOUND = {3: 1e-5, 1: 1e-3}
 
 
-@pytest.mark.slow
+@pytest.mark.full
 @pytest.mark.parametrize("stride", [3, 1])
 @pytest.mark.parametrize("case", ["near-perfect", "exact"])
 def test_float32_routes_stay_accurate_where_the_literal_algorithm_does_not(case, stride) -> None:

@@ -59,6 +59,9 @@ def test_the_pages_have_python_blocks() -> None:
     assert sum(block.page.name == "README.md" for block in BLOCKS) >= 4
 
 
+# Full tier: the blocks train and compile like the examples they are (the checks of the pages'
+# structure, links and commands below stay in the default tier).
+@pytest.mark.full
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.id for block in BLOCKS])
 def test_python_block_runs(block: Block) -> None:
     """Each block runs on its own, in a fresh namespace, exactly as printed."""

@@ -17,6 +17,8 @@ pytest.importorskip("torch")
 
 from parity_tests.report import TOLERANCES, main  # noqa: E402
 
+pytestmark = pytest.mark.full  # each report starts two JAX processes
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PATTERNS = ("dense-radius1.npz", "labels-default.npz")
 FIXTURE_ARGS = [arg for pattern in PATTERNS for arg in ("--fixtures", pattern)]

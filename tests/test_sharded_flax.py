@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = 8
 # The sharded step sums the same float32 terms in another order (per device, then across
@@ -16,6 +18,8 @@ LOSS_RTOL = 1e-5
 GRAD_RTOL = 1e-5
 # A single small parameter array (a bias) averages fewer rounding errors: measured 1.3e-6.
 LEAF_GRAD_RTOL = 5e-5
+
+pytestmark = pytest.mark.full  # a process of its own with eight host devices
 
 
 def test_sharded_loss_and_gradients_equal_single_device() -> None:

@@ -1,7 +1,7 @@
 """Second order in JAX float64: ``jax.grad`` of ``jax.grad`` (reverse over reverse) through every
 downsampling, checked as Hessian-vector products against central differences of the gradient.
 
-Collected only with JAX_ENABLE_X64=1."""
+Runs with x64 on (``conftest.py``): the inputs become float64 JAX arrays inside the tests."""
 
 import jax
 import jax.numpy as jnp
@@ -16,35 +16,42 @@ from rmi_jax import rmi_loss, rmi_loss_from_labels
 HVP_FD_STEP = 1e-5
 RNG = np.random.default_rng(17)
 SHAPE = (1, 12, 13, 2)  # NHWC
-LOGITS = jnp.asarray(RNG.standard_normal(SHAPE))
-TARGET = jnp.asarray(RNG.random(SHAPE) < 0.5, jnp.float64)
-DIRECTION = jnp.asarray(RNG.standard_normal(SHAPE))
+LOGITS = RNG.standard_normal(SHAPE)
+TARGET = (RNG.random(SHAPE) < 0.5).astype(np.float64)
+DIRECTION = RNG.standard_normal(SHAPE)
 
 
 def hvp_and_differences(loss, x):
+    """The Hessian-vector product along DIRECTION (eager) and central differences of the
+    gradient (jitted: one compilation for both points)."""
     grad = jax.grad(loss)
-    hvp = jax.grad(lambda y: jnp.vdot(grad(y), DIRECTION))(x)
-    step = HVP_FD_STEP * DIRECTION
-    return hvp, (grad(x + step) - grad(x - step)) / (2 * HVP_FD_STEP)
+    direction = jnp.asarray(DIRECTION)
+    hvp = jax.grad(lambda y: jnp.vdot(grad(y), direction))(x)
+    step = HVP_FD_STEP * direction
+    jitted_grad = jax.jit(grad)
+    return hvp, (jitted_grad(x + step) - jitted_grad(x - step)) / (2 * HVP_FD_STEP)
 
 
+# Eager second order costs seconds per case: one dense and one label-map case in the default
+# tier, the other downsamplings in the full tier.
 @pytest.mark.parametrize(
     "with_logits, method, stride",
     [
-        (True, "max", 3),
+        pytest.param(True, "max", 3, marks=pytest.mark.full),
         (True, "avg", 3),
-        (True, "region-extraction", 2),
-        (False, "max", 1),
-        (False, "avg", 2),
+        pytest.param(True, "region-extraction", 2, marks=pytest.mark.full),
+        pytest.param(False, "max", 1, marks=pytest.mark.full),
+        pytest.param(False, "avg", 2, marks=pytest.mark.full),
     ],
 )
 def test_dense_hessian_vector_product(with_logits, method, stride) -> None:
-    x = LOGITS if with_logits else jax.nn.sigmoid(LOGITS)
+    logits = jnp.asarray(LOGITS)
+    x = logits if with_logits else jax.nn.sigmoid(logits)
 
     def loss(p):
         return rmi_loss(
             p,
-            TARGET,
+            jnp.asarray(TARGET),
             with_logits=with_logits,
             downsampling_method=method,
             stride=stride,
@@ -55,7 +62,10 @@ def test_dense_hessian_vector_product(with_logits, method, stride) -> None:
     assert relative_error(hvp, expected) < FD_GRAD_RTOL
 
 
-@pytest.mark.parametrize("pool_way", [0, 1, 2])
+@pytest.mark.parametrize(
+    "pool_way",
+    [pytest.param(0, marks=pytest.mark.full), 1, pytest.param(2, marks=pytest.mark.full)],
+)
 def test_label_hessian_vector_product(pool_way) -> None:
     labels = jnp.asarray(RNG.integers(0, SHAPE[-1], SHAPE[:-1]))
 
@@ -64,5 +74,5 @@ def test_label_hessian_vector_product(pool_way) -> None:
             x, labels, num_classes=SHAPE[-1], rmi_pool_way=pool_way, use_double_precision=True
         )
 
-    hvp, expected = hvp_and_differences(loss, LOGITS)
+    hvp, expected = hvp_and_differences(loss, jnp.asarray(LOGITS))
     assert relative_error(hvp, expected) < FD_GRAD_RTOL
