@@ -3,6 +3,8 @@
 ``torch.set_float32_matmul_precision("high"/"medium")`` (which PyTorch Lightning recommends) lets
 float32 products run in TF32 on NVIDIA GPUs and in bfloat16 on CPUs with AMX/AVX512-BF16; the
 statistics switch to full precision for their duration and restore the caller's settings.
+
+The tensors are made on ``RMI_TEST_DEVICE`` (``parity_tests/backends.py``; ``cuda`` for the GPU).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 import rmi_torch
 import rmi_torch._statistics
-from parity_tests.backends import torch_value_and_grad
+from parity_tests.backends import TORCH_DEVICE, torch_value_and_grad
 from parity_tests.fixtures import load_fixtures
 from parity_tests.tolerances import (
     F32_VALUE_ATOL,
@@ -35,7 +37,7 @@ def _product_error(precision: str) -> float:
     saved = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
-        a = torch.randn(18, 256, generator=torch.Generator().manual_seed(0))
+        a = torch.randn(18, 256, generator=torch.Generator().manual_seed(0)).to(TORCH_DEVICE)
         product = (a @ a.mT).double()
     finally:
         torch.set_float32_matmul_precision(saved)
@@ -87,8 +89,8 @@ def test_statistics_run_at_full_precision_and_restore_the_settings(matmul_precis
         seen.append(_settings())
         return original(z, epsilon)
 
-    x = torch.randn(2, 3, 24, 24, requires_grad=True)
-    target = (torch.rand(2, 3, 24, 24) > 0.5).float()
+    x = torch.randn(2, 3, 24, 24, device=TORCH_DEVICE, requires_grad=True)
+    target = (torch.rand(2, 3, 24, 24, device=TORCH_DEVICE) > 0.5).float()
     try:
         rmi_torch._statistics._joint_factor = spy
         loss = rmi_torch.rmi_loss(x, target, with_logits=True, use_double_precision=False)
@@ -110,7 +112,9 @@ def test_settings_are_restored_when_the_statistics_raise(monkeypatch) -> None:
         monkeypatch.setattr(rmi_torch._statistics, "_joint_factor", fail)
         with pytest.raises(RuntimeError, match="inside the statistics"):
             rmi_torch.rmi_loss(
-                torch.randn(1, 1, 12, 12), torch.zeros(1, 1, 12, 12), with_logits=True
+                torch.randn(1, 1, 12, 12, device=TORCH_DEVICE),
+                torch.zeros(1, 1, 12, 12, device=TORCH_DEVICE),
+                with_logits=True,
             )
         assert _settings() == before
     finally:
@@ -121,8 +125,8 @@ def test_concurrent_calls_restore_the_callers_settings() -> None:
     torch.set_float32_matmul_precision("medium")
     try:
         before = _settings()
-        x = torch.randn(2, 3, 48, 48)
-        target = (torch.rand(2, 3, 48, 48) > 0.5).float()
+        x = torch.randn(2, 3, 48, 48, device=TORCH_DEVICE)
+        target = (torch.rand(2, 3, 48, 48, device=TORCH_DEVICE) > 0.5).float()
         errors = []
 
         def work():

@@ -7,6 +7,7 @@ The semantics these tests hold the backends to are in docs/semantics.md ("Odd in
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -18,18 +19,16 @@ import torch
 import rmi_jax
 import rmi_torch
 from parity_tests import reference
+from parity_tests.backends import TORCH_LAYOUTS, torch_layout
 from parity_tests.tolerances import (
     F32_SAME_MATH_ATOL,
     F32_SAME_MATH_RTOL,
     F32_VALUE_ATOL,
     F32_VALUE_RTOL,
+    F64_SAME_MATH_RTOL,
     relative_error,
 )
 from rmi_core.options import dense_window_grid, minimum_epsilon
-
-# Two float64 computations of the same loss from differently laid out (or strided) tensors:
-# the same arithmetic in another order at most, so rounding only.
-F64_LAYOUT_RTOL = 1e-12
 
 SHAPE = (2, 3, 25, 22)  # NCHW; odd sizes so that pooling pads
 RNG = np.random.default_rng(11)
@@ -41,16 +40,6 @@ LABELS[RNG.random(LABELS.shape) < 0.05] = 255
 MASK = np.ones((SHAPE[0], *SHAPE[2:]), bool)
 MASK[0, 4:10, 3:9] = False
 MASK[1, :, -4:] = False
-
-
-def torch_layouts(x: torch.Tensor):
-    """The same NCHW values in the layouts and views users hand to a loss."""
-    yield "contiguous", x
-    yield "channels_last", x.to(memory_format=torch.channels_last)
-    yield "transposed", x.transpose(2, 3).contiguous().transpose(2, 3)
-    yield "nhwc-permuted", x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-    yield "strided-view", torch.stack([x, -x], dim=-1)[..., 0]
-    yield "channel-slice", torch.cat([x, x], dim=1)[:, x.shape[1] :]
 
 
 def torch_value_and_grad(x: torch.Tensor, loss) -> tuple[float, torch.Tensor]:
@@ -67,10 +56,41 @@ DENSE_OPTIONS = [
     )
     if not (stride == 1 and method != "max")  # stride 1 pools nothing: one method suffices
 ]
+# The default tier: each downsampling route with and without a mask, the BCE term's inputs and
+# weights varied among them (the layout reaches the backward through the route); the other
+# combinations are in the full tier.
+DEFAULT_LAYOUT_CASES = [
+    ("max", 1, False, True, 0.5),
+    ("max", 1, True, False, 0.0),
+    ("max", 3, False, False, 1.0),
+    ("max", 3, True, True, 0.5),
+    ("avg", 3, False, True, 0.0),
+    ("avg", 3, True, False, 0.5),
+    ("region-extraction", 3, False, False, 0.5),
+    ("region-extraction", 3, True, True, 1.0),
+]
+LAYOUT_CASES = [
+    pytest.param(
+        options,
+        masked,
+        id=f"{options}-{'masked' if masked else 'plain'}",
+        marks=()
+        if (
+            options["downsampling_method"],
+            options["stride"],
+            masked,
+            options["with_logits"],
+            options["bce_weight"],
+        )
+        in DEFAULT_LAYOUT_CASES
+        else pytest.mark.full,
+    )
+    for masked in (False, True)
+    for options in DENSE_OPTIONS
+]
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["plain", "masked"])
-@pytest.mark.parametrize("options", DENSE_OPTIONS, ids=str)
+@pytest.mark.parametrize("options, masked", LAYOUT_CASES)
 def test_torch_dense_loss_is_the_same_in_every_layout(options, masked) -> None:
     pred = torch.tensor(LOGITS if options["with_logits"] else 1 / (1 + np.exp(-LOGITS)))
     target = torch.tensor(TARGET)
@@ -80,10 +100,10 @@ def test_torch_dense_loss_is_the_same_in_every_layout(options, masked) -> None:
         return rmi_torch.rmi_loss(x, target, valid_mask=mask, **options)
 
     expected_value, expected_grad = torch_value_and_grad(pred, loss)
-    for name, x in torch_layouts(pred):
-        value, grad = torch_value_and_grad(x, loss)
-        assert value == pytest.approx(expected_value, rel=F64_LAYOUT_RTOL), name
-        assert relative_error(grad, expected_grad) < F64_LAYOUT_RTOL, name
+    for name in TORCH_LAYOUTS:
+        value, grad = torch_value_and_grad(torch_layout(pred, name), loss)
+        assert value == pytest.approx(expected_value, rel=F64_SAME_MATH_RTOL), name
+        assert relative_error(grad, expected_grad) < F64_SAME_MATH_RTOL, name
 
 
 @pytest.mark.parametrize("pool_way", [0, 1, 2])
@@ -96,10 +116,10 @@ def test_torch_label_loss_is_the_same_in_every_layout(pool_way) -> None:
         )
 
     expected_value, expected_grad = torch_value_and_grad(torch.tensor(LOGITS), loss)
-    for name, x in torch_layouts(torch.tensor(LOGITS)):
-        value, grad = torch_value_and_grad(x, loss)
-        assert value == pytest.approx(expected_value, rel=F64_LAYOUT_RTOL), name
-        assert relative_error(grad, expected_grad) < F64_LAYOUT_RTOL, name
+    for name in TORCH_LAYOUTS:
+        value, grad = torch_value_and_grad(torch_layout(torch.tensor(LOGITS), name), loss)
+        assert value == pytest.approx(expected_value, rel=F64_SAME_MATH_RTOL), name
+        assert relative_error(grad, expected_grad) < F64_SAME_MATH_RTOL, name
 
 
 def test_torch_channels_last_gradient_stays_channels_last() -> None:
@@ -118,21 +138,38 @@ def _to_axis(nchw: np.ndarray, channel_axis: int) -> np.ndarray:
     return np.moveaxis(nchw, 1, channel_axis)
 
 
+@functools.cache
+def _jax_dense_value_and_grad(channel_axis: int):
+    """Value and gradient (classes on ``channel_axis``) of the masked dense loss, jitted, once per
+    axis: the NCHW one serves every test below."""
+
+    def loss(p, target):
+        return rmi_jax.rmi_loss(
+            p, target, with_logits=True, channel_axis=channel_axis, valid_mask=jnp.asarray(MASK)
+        )
+
+    pred = jnp.asarray(_to_axis(LOGITS, channel_axis), jnp.float32)
+    return jax.jit(jax.value_and_grad(loss))(pred, jnp.asarray(_to_axis(TARGET, channel_axis)))
+
+
+@functools.cache
+def _jax_label_value_and_grad(channel_axis: int):
+    """The label-map loss's value and gradient, likewise."""
+
+    def loss(logits, labels):
+        return rmi_jax.rmi_loss_from_labels(
+            logits, labels, num_classes=SHAPE[1], channel_axis=channel_axis
+        )
+
+    logits = jnp.asarray(_to_axis(LOGITS, channel_axis), jnp.float32)
+    return jax.jit(jax.value_and_grad(loss))(logits, jnp.asarray(LABELS))
+
+
 @pytest.mark.parametrize("channel_axis", CHANNEL_AXES)
 def test_jax_every_channel_axis_gives_the_nchw_loss(channel_axis) -> None:
     mask = MASK
-
-    def value_and_grad(axis, pred, target):
-        def loss(p):
-            return rmi_jax.rmi_loss(
-                p, target, with_logits=True, channel_axis=axis, valid_mask=jnp.asarray(mask)
-            )
-
-        return jax.value_and_grad(loss)(pred)
-
-    expected = value_and_grad(1, jnp.asarray(LOGITS, jnp.float32), jnp.asarray(TARGET))
-    pred = jnp.asarray(_to_axis(LOGITS, channel_axis), jnp.float32)
-    value, grad = value_and_grad(channel_axis, pred, jnp.asarray(_to_axis(TARGET, channel_axis)))
+    expected = _jax_dense_value_and_grad(1)
+    value, grad = _jax_dense_value_and_grad(channel_axis)
     np.testing.assert_allclose(value, expected[0], rtol=F32_SAME_MATH_RTOL, atol=F32_SAME_MATH_ATOL)
     grad = np.moveaxis(np.asarray(grad), channel_axis, 1)
     assert relative_error(grad, expected[1]) < F32_SAME_MATH_RTOL
@@ -143,14 +180,8 @@ def test_jax_every_channel_axis_gives_the_nchw_loss(channel_axis) -> None:
 
 @pytest.mark.parametrize("channel_axis", CHANNEL_AXES)
 def test_jax_every_channel_axis_gives_the_nchw_label_loss(channel_axis) -> None:
-    def loss(axis, logits):
-        return rmi_jax.rmi_loss_from_labels(
-            logits, jnp.asarray(LABELS), num_classes=SHAPE[1], channel_axis=axis
-        )
-
-    expected = jax.value_and_grad(lambda x: loss(1, x))(jnp.asarray(LOGITS, jnp.float32))
-    logits = jnp.asarray(_to_axis(LOGITS, channel_axis), jnp.float32)
-    value, grad = jax.value_and_grad(lambda x: loss(channel_axis, x))(logits)
+    expected = _jax_label_value_and_grad(1)
+    value, grad = _jax_label_value_and_grad(channel_axis)
     np.testing.assert_allclose(value, expected[0], rtol=F32_SAME_MATH_RTOL, atol=F32_SAME_MATH_ATOL)
     grad = np.moveaxis(np.asarray(grad), channel_axis, 1)
     assert relative_error(grad, expected[1]) < F32_SAME_MATH_RTOL
@@ -195,16 +226,24 @@ def test_torch_non_finite_input_gives_nan(options, bad, where, double) -> None:
         assert torch.isnan(x.grad).any()
 
 
+@functools.cache
+def _jitted_value_and_grad(options: tuple):
+    """jit(value_and_grad) of the NCHW dense loss w.r.t. the prediction, one per option set (the
+    poisoned inputs are arguments, so each option set compiles once)."""
+
+    def loss(pred, target):
+        return rmi_jax.rmi_loss(pred, target, channel_axis=1, **dict(options))
+
+    return jax.jit(jax.value_and_grad(loss))
+
+
 @pytest.mark.parametrize("where", ["pred", "target"])
 @pytest.mark.parametrize("bad", NON_FINITE, ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("options", DENSE_ODD, ids=str)
 def test_jax_non_finite_input_gives_nan(options, bad, where) -> None:
     pred, target = _poisoned(bad, where, options["with_logits"])
-
-    def loss(p):
-        return rmi_jax.rmi_loss(p, jnp.asarray(target, jnp.float32), channel_axis=1, **options)
-
-    value, grad = jax.value_and_grad(loss)(jnp.asarray(pred, jnp.float32))
+    value_and_grad = _jitted_value_and_grad(tuple(sorted(options.items())))
+    value, grad = value_and_grad(jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32))
     assert np.isnan(value)
     if where == "pred" and np.isnan(bad):
         assert np.isnan(grad).any()
@@ -345,9 +384,9 @@ def test_the_smallest_accepted_ridge_never_fails_in_float32(case, stride, size) 
     epsilon = minimum_epsilon(3, rows * cols, float(np.finfo(np.float32).eps)) * (1 + 1e-6)
     options = {"with_logits": False, "bce_weight": 0.0, "stride": stride, "epsilon": epsilon}
 
-    value, grad = jax.value_and_grad(
-        lambda p: rmi_jax.rmi_loss(p, jnp.asarray(target), channel_axis=1, **options)
-    )(jnp.asarray(pred))
+    value, grad = jax.jit(
+        jax.value_and_grad(lambda p, y: rmi_jax.rmi_loss(p, y, channel_axis=1, **options))
+    )(jnp.asarray(pred), jnp.asarray(target))
     assert np.isfinite(value) and np.isfinite(grad).all()
     x = torch.tensor(pred, requires_grad=True)
     torch_value = rmi_torch.rmi_loss(x, torch.tensor(target), use_double_precision=False, **options)
