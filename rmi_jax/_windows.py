@@ -32,7 +32,9 @@ def _pool_windows(x: jnp.ndarray, stride: int, init: float, op, axes: Axes) -> j
     window, padding = [1] * x.ndim, [(0, 0)] * x.ndim
     for axis in axes:
         window[axis], padding[axis] = stride, (pad, pad)
-    return jax.lax.reduce_window(x, jnp.asarray(init, x.dtype), op, window, window, padding)
+    # A NumPy init value stays concrete under jit, so JAX sees a max (sum) reduction and not a
+    # generic one, which it cannot differentiate (second order under jit needs it).
+    return jax.lax.reduce_window(x, np.asarray(init, x.dtype), op, window, window, padding)
 
 
 def _window_blocks(x: jnp.ndarray, stride: int, pad_value: float, axes: Axes):
