@@ -33,9 +33,9 @@ def _release_compiled_executables():
         jax.clear_caches()
 
 
-# pytest-xdist workers for ``-n auto`` (pyproject's addopts). Each worker compiles its own JAX
-# programs and holds its own caches; past a few, the largest test file (``--dist loadfile``)
-# bounds the run, so more cores go unused.
+# pytest-xdist workers for ``-n auto`` (pyproject's addopts). Each worker imports JAX and
+# PyTorch, collects the whole suite and compiles and caches its own programs (over 2 GB each in
+# the default tier): past a few workers, start-up and memory outgrow what this suite gains.
 MAX_WORKERS = 4
 
 

@@ -67,10 +67,19 @@ DEFAULT_EAGER = {"dense-near-perfect-stride1", "labels-interp"}
 
 
 def tiered(fixtures: Iterable[Fixture], default: Iterable[str]) -> list:
-    """``fixtures`` as pytest parameters, those not named in ``default`` in the full tier."""
+    """``fixtures`` as pytest parameters, those not named in ``default`` in the full tier.
+
+    Each is in the pytest-xdist group of its fixture (``--dist loadgroup``), so that every test
+    of one fixture runs on the worker that holds its cached results (``backends.py``).
+    """
     default = set(default)
     return [
-        pytest.param(f, id=f.name, marks=() if f.name in default else pytest.mark.full)
+        pytest.param(
+            f,
+            id=f.name,
+            marks=[pytest.mark.xdist_group(f.name)]
+            + ([] if f.name in default else [pytest.mark.full]),
+        )
         for f in fixtures
     ]
 
