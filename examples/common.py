@@ -150,7 +150,12 @@ def warmup_cosine(step: int, steps: int) -> float:
 
 
 def train_loop(
-    desc: str, steps: Iterable[int], step_fn: Callable[[int], float], *, show: bool = True
+    desc: str,
+    steps: Iterable[int],
+    step_fn: Callable[[int], float],
+    *,
+    show: bool = True,
+    step_times: list[float] | None = None,
 ) -> list[float]:
     """Call ``step_fn(i)`` for each step under a tqdm bar showing the running loss.
 
@@ -159,6 +164,7 @@ def train_loop(
         steps: the step indices.
         step_fn: runs one step and returns its loss.
         show: ``False`` hides the bar (e.g. on every data-parallel process but the first).
+        step_times: if given, each call's wall time in seconds is appended to it.
 
     Returns:
         The loss ``step_fn`` returned at each step.
@@ -166,7 +172,10 @@ def train_loop(
     losses: list[float] = []
     bar = tqdm(steps, desc=desc, unit="step", dynamic_ncols=True, disable=not show)
     for i in bar:
+        start = time.perf_counter()
         losses.append(step_fn(i))
+        if step_times is not None:
+            step_times.append(time.perf_counter() - start)
         if i % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-RUNNING_LOSS_WINDOW:]):.4f}")
     bar.set_postfix(loss=f"{np.mean(losses[-RUNNING_LOSS_WINDOW:]):.4f}")

@@ -14,6 +14,7 @@ Outputs: ``<out>/train_flax.png`` and ``<out>/train_flax.json``.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -83,45 +84,68 @@ def loss_fn(model: UNet, x: jax.Array, y: jax.Array, bce_weight: float) -> jax.A
     return rmi_loss(model(x), y, with_logits=True, bce_weight=bce_weight)
 
 
-def init_state(seed: int, steps: int) -> tuple[nnx.GraphDef, nnx.State]:
+def init_state(
+    seed: int, steps: int, num_classes: int = NUM_CLASSES
+) -> tuple[nnx.GraphDef, nnx.State]:
     """A fresh U-Net and its adam optimizer (warmup-cosine schedule), split for ``jax.jit``.
 
     The same ``seed`` gives the same initial weights, so every run starts from one point.
     """
-    model = UNet(NUM_CLASSES, WIDTH, rngs=nnx.Rngs(seed))
+    model = UNet(num_classes, WIDTH, rngs=nnx.Rngs(seed))
     schedule = optax.warmup_cosine_decay_schedule(**schedule_settings(steps))
     optimizer = nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
     return nnx.split((model, optimizer))
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, bce_weight: float
+    graphdef: nnx.GraphDef,
+    bce_weight: float | None = None,
+    *,
+    objective: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> Callable[[nnx.State, jax.Array, jax.Array], tuple[nnx.State, jax.Array]]:
     """A pure ``step(state, x, y) -> (state, loss)`` to ``jax.jit`` (with or without shardings).
 
     Splitting once and jitting a pure function of the state is cheaper per step than
     ``nnx.jit``, whose graph traversal on every call is noticeable for a model this small.
+
+    Args:
+        graphdef: the model and optimizer's graph, from :func:`init_state`.
+        bce_weight: train with the demo's loss, :func:`loss_fn` with this ``bce_weight``.
+        objective: or train with ``objective(logits, targets)``, any other scalar loss (e.g.
+            the study's cross-entropy losses). Give exactly one of the two.
     """
+    if (bce_weight is None) == (objective is None):
+        raise ValueError(
+            "make_train_step takes exactly one of bce_weight and objective, got "
+            f"bce_weight={bce_weight!r} and objective={objective!r}"
+        )
+
+    def loss_of(model: UNet, x: jax.Array, y: jax.Array) -> jax.Array:
+        if objective is None:
+            return loss_fn(model, x, y, bce_weight)
+        return objective(model(x), y)
 
     def step(state: nnx.State, x: jax.Array, y: jax.Array) -> tuple[nnx.State, jax.Array]:
         model, optimizer = nnx.merge(graphdef, state)
-        loss, grads = nnx.value_and_grad(loss_fn)(model, x, y, bce_weight)
+        loss, grads = nnx.value_and_grad(loss_of)(model, x, y)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss
 
     return step
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _predicted_labels(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
+    # The graph is a static argument, so models of one architecture share one compilation
+    # (the study predicts at several checkpoints of many runs).
+    return jnp.argmax(nnx.merge(graphdef, state)(x), axis=-1)
+
+
 def predict(model: UNet, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Argmax label maps ``[N, H, W]`` for ``images`` ``[N, H, W, 3]``."""
     graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def labels(state: nnx.State, x: jax.Array) -> jax.Array:
-        return jnp.argmax(nnx.merge(graphdef, state)(x), axis=-1)
-
     out = [
-        labels(state, jnp.asarray(images[i : i + batch_size]))
+        _predicted_labels(graphdef, state, jnp.asarray(images[i : i + batch_size]))
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate([np.asarray(o) for o in out])

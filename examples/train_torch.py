@@ -146,9 +146,18 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 64) -> np.nd
 
 
 def train(
-    name: str, bce_weight: float, data: Data, order: np.ndarray, seed: int
+    name: str,
+    bce_weight: float,
+    data: Data,
+    order: np.ndarray,
+    seed: int,
+    *,
+    step_times: list[float] | None = None,
 ) -> tuple[np.ndarray, list[float]]:
-    """Train one run from scratch; return its test-set label maps and its loss per step."""
+    """Train one run from scratch; return its test-set label maps and its loss per step.
+
+    ``step_times``, if given, receives each step's wall time in seconds (the study's timings).
+    """
     steps = order.shape[0]
     model = make_model(seed)
     optimizer, scheduler = make_optimizer(model, steps)
@@ -165,7 +174,7 @@ def train(
         scheduler.step()
         return loss.item()
 
-    losses = train_loop(f"torch {name:<8}", range(steps), one_step)
+    losses = train_loop(f"torch {name:<8}", range(steps), one_step, step_times=step_times)
     return predict(model, data.test_x), losses
 
 
