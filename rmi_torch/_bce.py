@@ -95,24 +95,35 @@ def _add_at_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tens
     """``grad[n, c, h, w] += values[n, c, i, j]`` at each pooled cell's maximum, ``(h, w) =
     divmod(indices[n, c, i, j], W)`` (``max_pool2d``'s indices), in place.
 
-    ``grad`` is an elementwise result, so dense in memory, but in the layout of the input
-    (contiguous, channels_last, transposed...): the cells' memory offsets come from its strides,
-    so no layout is copied into another. Kernel = stride: the windows do not overlap, so no two
-    cells share a pixel.
+    ``grad`` is an elementwise result, so dense in memory, but in the layout of the input.
+    NCHW and channels_last scatter into a view of it; any other layout (a transposed view, say)
+    gets each cell's memory offset from the strides. No layout is copied into another, and the
+    common layouts build no full-size index tensor. Kernel = stride: the windows do not overlap,
+    so no two cells share a pixel.
     """
+    batch, channels = grad.shape[:2]
+    if grad.is_contiguous():
+        planes = grad.view(batch, channels, -1)
+        planes.scatter_add_(2, indices.flatten(2), values.flatten(2))
+    elif grad.is_contiguous(memory_format=torch.channels_last):
+        pixels = grad.permute(0, 2, 3, 1).view(batch, -1, channels)
+        last = (0, 2, 3, 1)
+        pixels.scatter_add_(
+            1, indices.permute(last).flatten(1, 2), values.permute(last).flatten(1, 2)
+        )
+    else:
+        _add_at_strided_maxima(grad, indices, values)
+
+
+def _add_at_strided_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tensor):
+    """:func:`_add_at_maxima` for any dense layout, through each cell's memory offset."""
     batch, channels, _, width = grad.shape
     device = indices.device
     stride_n, stride_c, stride_h, stride_w = grad.stride()
-    if stride_h == width * stride_w:  # rows of the plane follow each other (NCHW, NHWC)
-        in_plane = indices * stride_w
-    else:
-        rows, cols = torch.div(indices, width, rounding_mode="floor"), indices % width
-        in_plane = rows * stride_h + cols * stride_w
-    offsets = (
-        torch.arange(batch, device=device).view(-1, 1, 1, 1) * stride_n
-        + torch.arange(channels, device=device).view(1, -1, 1, 1) * stride_c
-        + in_plane
-    )
+    rows, cols = torch.div(indices, width, rounding_mode="floor"), indices % width
+    offsets = rows.mul_(stride_h).add_(cols.mul_(stride_w))
+    offsets += torch.arange(batch, device=device).view(-1, 1, 1, 1) * stride_n
+    offsets += torch.arange(channels, device=device).view(1, -1, 1, 1) * stride_c
     storage = grad.as_strided((grad.numel(),), (1,), grad.storage_offset())
     storage.index_add_(0, offsets.flatten(), values.flatten())
 
