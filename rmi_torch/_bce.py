@@ -106,8 +106,8 @@ def _add_at_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tens
         planes = grad.view(batch, channels, -1)
         planes.scatter_add_(2, indices.flatten(2), values.flatten(2))
     elif grad.is_contiguous(memory_format=torch.channels_last):
-        pixels = grad.permute(0, 2, 3, 1).view(batch, -1, channels)
-        last = (0, 2, 3, 1)
+        last = (0, 2, 3, 1)  # NCHW -> NHWC: the memory order of all three tensors
+        pixels = grad.permute(last).view(batch, -1, channels)
         pixels.scatter_add_(
             1, indices.permute(last).flatten(1, 2), values.permute(last).flatten(1, 2)
         )
@@ -115,7 +115,7 @@ def _add_at_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tens
         _add_at_strided_maxima(grad, indices, values)
 
 
-def _add_at_strided_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tensor):
+def _add_at_strided_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
     """:func:`_add_at_maxima` for any dense layout, through each cell's memory offset."""
     batch, channels, _, width = grad.shape
     device = indices.device
