@@ -36,7 +36,7 @@ class Case:
 
 # Recipes whose prediction is an exact function of the (binary) target: the joint Gram matrix is
 # singular but for eps there, which is where float32 gradients lose accuracy (tolerances.py).
-DEGENERATE_INPUTS = {"near_perfect", "exact_target", "all_constant"}
+DEGENERATE_INPUTS = {"near_perfect", "exact_target", "all_constant", "zero_one_pair"}
 
 
 def make_inputs(kind: str, shape: tuple[int, ...], rng: np.random.Generator):
@@ -55,6 +55,8 @@ def make_inputs(kind: str, shape: tuple[int, ...], rng: np.random.Generator):
             binary,
             False,
         ),
+        "saturated_unique_maxima": lambda: saturated_unique_maxima(shape, rng),
+        "zero_one_pair": lambda: (np.array([0.0, 1.0]).reshape(shape),) * 2 + (False,),
         "constant_prediction": lambda: (np.full(shape, 0.3), binary, False),
         "all_constant": lambda: (np.full(shape, 0.7), np.ones(shape), False),
         "correlated_logits": lambda: (
@@ -64,6 +66,22 @@ def make_inputs(kind: str, shape: tuple[int, ...], rng: np.random.Generator):
         ),
     }
     return recipes[kind]()
+
+
+def saturated_unique_maxima(shape: tuple[int, ...], rng: np.random.Generator):
+    """Probabilities exactly 0 and 1 among interior ones, with finite differences in mind.
+
+    About 30% zeros anywhere, and ones only on every third row and column (positions that are
+    0 mod 3): with max pooling by 3 (padding 1) each pooling window then holds at most one 1
+    and never a tie at its maximum, so the reference's central differences are the gradient
+    the loss defines (the first maximum's) even at saturated values.
+    """
+    n, c, h, w = shape
+    pred = rng.uniform(0.05, 0.95, shape)
+    pred = np.where(rng.random(shape) < 0.3, 0.0, pred)
+    lattice = (np.arange(h)[:, None] % 3 == 0) & (np.arange(w)[None, :] % 3 == 0)
+    pred = np.where(lattice & (rng.random(shape) < 0.5), 1.0, pred)
+    return pred, (rng.random(shape) < 0.5).astype(np.float64), False
 
 
 def blocks_mask(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -149,6 +167,32 @@ CASES = [
         options={"downsampling_method": "region-extraction"},
     ),
     Case("saturated-probabilities", inputs="saturated_probabilities"),
+    # Probabilities exactly 0 and 1: their gradient is the unclipped function's (the clip to
+    # [0, 1] passes it at its bounds), for every downsampling. bce_weight 0: the BCE of a
+    # probability has no central difference at 0 or 1 (log of a negative number).
+    *(
+        Case(
+            f"saturated-{name}",
+            inputs="saturated_unique_maxima",
+            shape=shape,
+            options={"bce_weight": 0.0, **options},
+            finite_differences=True,
+        )
+        for name, shape, options in (
+            ("max", (2, 2, 18, 18), {}),
+            ("avg", (2, 2, 16, 16), {"downsampling_method": "avg", "stride": 2}),
+            ("region", (2, 2, 18, 18), {"downsampling_method": "region-extraction"}),
+            ("stride1", (2, 2, 9, 9), {"stride": 1}),
+        )
+    ),
+    Case(
+        "saturated-pixel-pair",
+        inputs="zero_one_pair",
+        shape=(1, 1, 1, 2),
+        options={"radius": 1, "stride": 1, "bce_weight": 0.0, "use_log_trace": False},
+        finite_differences=True,
+    ),
+    Case("large-logits-fd", inputs="large_logits", finite_differences=True),
     Case("constant-prediction", inputs="constant_prediction"),
     Case(
         "all-constant-closed-form",
@@ -277,6 +321,7 @@ class LabelCase:
     out_of_range: float = 0.05
     options: dict[str, Any] = field(default_factory=dict)
     finite_differences: bool = False
+    saturated: bool = False  # logits of +-40 (sigmoid 1 in float32) instead of make_label_logits
 
 
 # Central-difference step of the label cases. Their loss is O(1) but their gradients are small
@@ -323,6 +368,19 @@ def make_label_logits(labels: np.ndarray, num_classes: int, rng: np.random.Gener
     return 3.0 * (one_hot - 0.5) + 1.5 * rng.standard_normal(one_hot.shape)
 
 
+# Saturated label logits: this magnitude, a wrong sign on this share of the entries.
+SATURATED_LOGIT = 40.0
+SATURATED_WRONG_SHARE = 0.2
+
+
+def saturated_label_logits(labels: np.ndarray, num_classes: int, rng: np.random.Generator):
+    """Logits whose sigmoid is exactly 1 in float32 (0 to 4e-18 below), mostly on the labels'
+    side: the BCE gradient is then -+1 where wrong, and the RMI term's nearly 0 everywhere."""
+    one_hot = labels[:, None] == np.arange(num_classes)[None, :, None, None]
+    wrong = rng.random(one_hot.shape) < SATURATED_WRONG_SHARE
+    return np.where(one_hot ^ wrong, SATURATED_LOGIT, -SATURATED_LOGIT)
+
+
 LABEL_CASES = [
     LabelCase("default", finite_differences=True),
     LabelCase("avg", options={"rmi_pool_way": 1}, finite_differences=True),
@@ -356,6 +414,7 @@ LABEL_CASES = [
         shape=(2, 3, 33, 29),
         options={"rmi_pool_way": 2, "rmi_pool_size": 4, "rmi_pool_stride": 4, "rmi_radius": 2},
     ),
+    LabelCase("saturated", saturated=True, finite_differences=True),
     LabelCase("radius1", options={"rmi_radius": 1}, finite_differences=True),
     LabelCase("radius2", options={"rmi_radius": 2}, finite_differences=True),
     LabelCase("radius4", shape=(2, 2, 36, 36), options={"rmi_radius": 4}),
@@ -461,7 +520,8 @@ def build_label_fixture(case: LabelCase) -> Fixture:
     num_classes = case.shape[1]
     labels = make_labels(case, rng)
     # float32-representable logits: the float32 routes then see exactly the reference's inputs.
-    logits = make_label_logits(labels, num_classes, rng).astype(np.float32).astype(np.float64)
+    make_logits = saturated_label_logits if case.saturated else make_label_logits
+    logits = make_logits(labels, num_classes, rng).astype(np.float32).astype(np.float64)
     options = {"num_classes": num_classes, **case.options}
     value = reference.label_rmi_loss(logits, labels, **options)
     grad_fd = None

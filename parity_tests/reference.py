@@ -250,12 +250,14 @@ def dense_rmi_per_example(
     target = np.asarray(target, np.float64)
     n, c, h, w = pred.shape
 
-    bce = bce_with_logits(pred, target) if with_logits else bce_with_probabilities(pred, target)
-    if valid_mask is None:
-        bce_term = bce.reshape(n, -1).mean(axis=1)
-    else:
-        mask = np.broadcast_to(valid_mask[:, None], bce.shape).astype(np.float64)
-        bce_term = (bce * mask).reshape(n, -1).sum(1) / mask.reshape(n, -1).sum(1)
+    bce_term = np.zeros(n)  # step 1: not computed when its weight is 0
+    if bce_weight != 0:
+        bce = bce_with_logits(pred, target) if with_logits else bce_with_probabilities(pred, target)
+        if valid_mask is None:
+            bce_term = bce.reshape(n, -1).mean(axis=1)
+        else:
+            mask = np.broadcast_to(valid_mask[:, None], bce.shape).astype(np.float64)
+            bce_term = (bce * mask).reshape(n, -1).sum(1) / mask.reshape(n, -1).sum(1)
 
     p_regions, y_regions, window_weights = dense_regions(
         pred,

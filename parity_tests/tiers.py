@@ -32,6 +32,8 @@ DEFAULT_DENSE = {
     "dense-near-perfect-stride1": "near-singular statistics (prediction a function of the target)",
     "dense-epsilon1e-2": "another epsilon",
     "dense-c1": "one class",
+    "dense-saturated-max": "probabilities exactly 0 and 1 (the clip's bounds), FD gradient",
+    "dense-saturated-pixel-pair": "the smallest map, two windows of one pixel, saturated",
 }
 DEFAULT_LABELS = {
     "labels-default": "the defaults (max pooling by 3, radius 3), FD gradient",
@@ -49,6 +51,7 @@ DEFAULT_LABELS = {
     "labels-c1": "one class, FD gradient",
     "labels-ignore-index-in-range": "an ignore_index that is a class number",
     "labels-odd-33x29-avg-pool2": "one example, average pooling by 2, odd sizes",
+    "labels-saturated": "saturated logits (sigmoid exactly 1 in float32), FD gradient",
 }
 # The equivalence tests' few fixtures by default: plain, masked, and near-singular statistics
 # (where float32 rounding matters most).

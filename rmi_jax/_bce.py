@@ -11,9 +11,15 @@ _LOG_CLAMP = -100.0
 _GRAD_DENOMINATOR_FLOOR = 1e-12
 
 
+def _floor(x: jnp.ndarray, floor: float) -> jnp.ndarray:
+    """``max(x, floor)`` whose derivative is 1 at ``x == floor`` too: written out, so that no
+    framework's tie convention enters the (second-order) gradient."""
+    return jnp.where(x < floor, floor, x)
+
+
 def _clamped_log(x: jnp.ndarray) -> jnp.ndarray:
     safe = jnp.where(x > 0, x, 1.0)
-    return jnp.where(x > 0, jnp.maximum(jnp.log(safe), _LOG_CLAMP), _LOG_CLAMP)
+    return jnp.where(x > 0, _floor(jnp.log(safe), _LOG_CLAMP), _LOG_CLAMP)
 
 
 @jax.custom_jvp
@@ -28,7 +34,7 @@ def _bce_probabilities_jvp(primals, tangents):
     dp, dy = tangents
     log_p, log_q = _clamped_log(p), _clamped_log(1.0 - p)
     value = -(y * log_p + (1.0 - y) * log_q)
-    d_p = (p - y) / jnp.maximum(p * (1.0 - p), _GRAD_DENOMINATOR_FLOOR)
+    d_p = (p - y) / _floor(p * (1.0 - p), _GRAD_DENOMINATOR_FLOOR)
     return value, d_p * dp + (log_q - log_p) * dy
 
 

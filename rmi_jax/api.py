@@ -213,7 +213,8 @@ def non_finite_flags(*arrays: jnp.ndarray) -> jnp.ndarray:
 
 def clip_probabilities(p: jnp.ndarray) -> jnp.ndarray:
     """Probabilities clipped to [0, 1], with the gradient of the identity inside and at the
-    bounds (as ``torch.clamp``'s), zero outside; NaN stays NaN."""
+    bounds, zero outside; NaN stays NaN (``where``, not ``clip``: the gradient at a saturated
+    probability is the unclipped function's, not a framework's convention at a bound)."""
     return jnp.where(p < 0, 0.0, jnp.where(p > 1, 1.0, p))
 
 

@@ -136,7 +136,7 @@ def rmi_loss(
     # Non-finite values are flagged before the probabilities are clipped to [0, 1].
     flags = None if with_logits else non_finite_flags(input, target)
     if not with_logits:
-        input = input.clamp(0.0, 1.0)
+        input = clip_probabilities(input)
     bce_weight = weight_in(bce_weight, stats_dtype, input.device)
     need_bce, need_rmi = terms_to_compute(bce_weight, 1.0 - bce_weight, return_terms)
     # The sigmoid is increasing, so it commutes with max pooling: pooling the logits first
@@ -187,6 +187,17 @@ def non_finite_flags(*tensors: torch.Tensor) -> torch.Tensor:
     infinite (one read of each; outside autograd). A plain sum: ``(x * 0).sum()`` would be exact
     for finite values past 1e30 too, at the cost of a full-size temporary."""
     return sum(t.detach().sum(dim=tuple(range(1, t.dim()))) for t in tensors)
+
+
+def clip_probabilities(p: torch.Tensor) -> torch.Tensor:
+    """Probabilities clipped to [0, 1], with the gradient of the identity inside and at the
+    bounds, zero outside; NaN stays NaN.
+
+    Written with ``where`` rather than ``clamp``: the loss's gradient at a saturated probability
+    (exactly 0 or 1) is the unclipped function's, and ``clamp``'s gradient at its bounds is a
+    convention that changed between PyTorch releases (zero at the bounds since 2.14).
+    """
+    return torch.where(p < 0, 0.0, torch.where(p > 1, 1.0, p))
 
 
 def weight_in(weight, dtype: torch.dtype, device: torch.device):
