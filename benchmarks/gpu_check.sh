@@ -18,7 +18,8 @@
 #             torch.set_float32_matmul_precision("high") before each test (-p benchmarks.tf32)
 #   accuracy  python -m benchmarks.float32_accuracy under the same settings: the figures
 #   bench     python -m benchmarks.bench --device cuda --sizes 256 512 (every row), which prints
-#             the table and the targets judged on this run
+#             the table and the targets judged on this run; rmi_jax and rmi_torch-f32
+#             run the float64 lag-product statistics there (docs/computation.md#lag-products)
 # The four test steps run side by side (they share the GPU; the benchmark then runs alone), unless
 # --sequential is given or the GPU's compute mode is not Default. The script goes on after a
 # failed step and exits 1 at the end if any step failed or timed out.

@@ -79,7 +79,19 @@ def _cpu_targets() -> list[Target]:
     ]
 
 
-TARGETS: tuple[Target, ...] = (*_gpu_targets(), *_cpu_targets())
+def _lag_product_targets() -> list[Target]:
+    # Issue 21, item 3, on the host's CPU family, same run (the statistics' floor is cost_bound's).
+    issue = "21.3 (CPU)"
+    return [
+        Target(issue, "cpu", 256, "rmi_jax", "fwdbwd_speedup_vs_baseline_f64", ">=", 8.0),
+        Target(issue, "cpu", 256, "rmi_jax", "fwdbwd_speedup_vs_baseline_f32", ">=", 5.0),
+        Target(issue, "cpu", 256, "rmi_torch-f32", "fwdbwd_speedup_vs_baseline_f32", ">=", 3.0),
+        Target(issue, "cpu", 256, "rmi_jax", "peak_extra_x_input", "<=", 2.0),
+        Target(issue, "cpu", 256, "rmi_torch-f32", "peak_extra_x_input", "<=", 2.0),
+    ]
+
+
+TARGETS: tuple[Target, ...] = (*_gpu_targets(), *_cpu_targets(), *_lag_product_targets())
 
 
 def judge(target: Target, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The statistics run a cache-sized chunk of (example, class) maps at a time in both backends.
 
 The parity fixtures are small enough to fit one chunk, so here the chunk size is forced down to
-four of six maps, and the loss and its gradient must equal those of the one-chunk run: with and
-without a mask, whose window weights (one set per example) are sliced per chunk too. The first
-chunk holds all of example 0 and one class of example 1, and the masks of the two differ.
+four of six maps, and the loss and its gradient must equal those of the one-chunk run: with a
+mask, whose window weights (one set per example) are sliced per chunk too, and with an all-true
+mask. The first chunk holds all of example 0 and one class of example 1, and the masks of the
+two differ. (Without a mask the statistics are lag products, which need no chunks.)
 """
 
 import jax
@@ -38,13 +39,14 @@ def inputs(masked: bool):
     if masked:
         mask[0, :6, :] = False  # leaves 3 x 6 of the 6 x 6 windows whole
         mask[1, :, -9:] = False  # leaves 6 x 3 of them
-    return pred, target, mask if masked else None
+    return pred, target, mask
 
 
 def torch_value_and_grad(pred, target, mask):
     x = torch.tensor(pred, requires_grad=True)
-    mask = None if mask is None else torch.tensor(mask)
-    loss = rmi_torch.rmi_loss(x, torch.tensor(target), with_logits=True, valid_mask=mask)
+    loss = rmi_torch.rmi_loss(
+        x, torch.tensor(target), with_logits=True, valid_mask=torch.tensor(mask)
+    )
     loss.backward()
     return loss.item(), x.grad.numpy()
 
@@ -56,7 +58,7 @@ def jax_value_and_grad(pred, target, mask):
             jnp.asarray(target, jnp.float32),
             with_logits=True,
             channel_axis=1,
-            valid_mask=None if mask is None else jnp.asarray(mask),
+            valid_mask=jnp.asarray(mask),
         )
 
     value, grad = jax.jit(jax.value_and_grad(loss))(jnp.asarray(pred, jnp.float32))

@@ -55,6 +55,24 @@ def test_pyproject_reads_the_version_and_declares_the_licence_file() -> None:
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
 
 
+def test_ci_tests_the_declared_lower_bounds() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["jax"]]
+    declared += project["optional-dependencies"]["torch"]
+    bounds = dict(re.fullmatch(r"(\w+)>=([\d.]+)", spec).groups() for spec in declared)
+    assert set(bounds) == {"numpy", "jax", "torch"}, bounds
+    oldest = next(
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if "venv-oldest/bin/pip" in line
+    )
+    pins = dict(re.findall(r'"(\w+)==([\d.]+?)(?:\.0|\.\*)?"', oldest))
+    # jax and jaxlib come in matching releases; the others are the bound's minor series.
+    assert pins == {**bounds, "jaxlib": bounds["jax"]}, (pins, bounds)
+
+
 def test_changelog_and_citation_name_the_version() -> None:
     assert re.search(rf"^## {re.escape(VERSION)}\b", (ROOT / "CHANGELOG.md").read_text(), re.M)
     citation = (ROOT / "CITATION.cff").read_text()

@@ -80,16 +80,24 @@ def test_accelerators_take_all_maps_in_one_batch(platform, shape) -> None:
     assert loops(lowered(dense_loss(), [shape, shape], platform)) == 0
 
 
-@pytest.mark.parametrize("shape", BENCHMARK_SHAPES, ids=["256", "512"])
-def test_cpu_keeps_cache_sized_chunks(shape) -> None:
-    # One loop over chunks in the forward pass and one in the backward pass.
-    assert loops(lowered(dense_loss(), [shape, shape], "cpu")) == 2
+# Region extraction: strided windows, the route that builds region vectors.
+STRIDED = {"downsampling_method": "region-extraction"}
+
+
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
+@pytest.mark.parametrize("loss_options", [{}, STRIDED], ids=["lags", "strided"])
+def test_accelerators_never_loop_and_lag_products_nowhere(platform, loss_options) -> None:
+    # The lag products need no chunks on any platform; the region vectors of strided windows
+    # come in cache-sized chunks on the CPU only (one loop forward, one backward).
+    shape = BENCHMARK_SHAPES[0]
+    expected = 2 if platform == "cpu" and loss_options else 0
+    assert loops(lowered(dense_loss(**loss_options), [shape, shape], platform)) == expected
 
 
 def test_one_export_serves_each_platform_its_own_way() -> None:
     shape = BENCHMARK_SHAPES[0]
     specs = [jax.ShapeDtypeStruct(shape, jnp.float32)] * 2
-    function = jax.jit(jax.value_and_grad(dense_loss()))
+    function = jax.jit(jax.value_and_grad(dense_loss(**STRIDED)))
     exported = export.export(function, platforms=("cpu", "cuda"))(*specs)
     assert exported.platforms == ("cpu", "cuda")
     # Both branches are in the one module; the platform picks its branch when it runs.
@@ -100,7 +108,7 @@ def test_accelerator_branch_forced_on_cpu_matches_the_cpu_branch(monkeypatch) ->
     rng = np.random.default_rng(3)
     pred = jnp.asarray(rng.standard_normal((2, 24, 24, 3)), jnp.float32)
     target = jnp.asarray(rng.random((2, 24, 24, 3)) < 0.4, jnp.float32)
-    loss = dense_loss(stride=1)
+    loss = dense_loss(**STRIDED)
 
     # The CPU branch with chunks of one map, then the accelerator branch (one batch) run on CPU.
     bytes_per_map = 2 * 9 * 22 * 22 * 4

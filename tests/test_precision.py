@@ -46,13 +46,14 @@ def _product_error(precision: str) -> float:
 
 
 def _settings() -> tuple:
-    backends = torch.backends
-    return (
-        backends.cuda.matmul.fp32_precision,
-        backends.mkldnn.matmul.fp32_precision,
-        backends.cudnn.fp32_precision,
-        backends.fp32_precision,
-    )
+    """The float32 precision settings users set and the statistics override, on any release."""
+    switches = rmi_torch._statistics._MATMUL_SWITCHES
+    return (torch.get_float32_matmul_precision(), *(getattr(o, n) for o, n, _ in switches))
+
+
+def _at_full_precision(settings: tuple) -> bool:
+    switches = rmi_torch._statistics._MATMUL_SWITCHES
+    return list(settings[1:]) == [full for _, _, full in switches]
 
 
 @pytest.fixture
@@ -86,21 +87,21 @@ def test_float32_bounds_hold_under_reduced_matmul_precision(matmul_precision, fi
 def test_statistics_run_at_full_precision_and_restore_the_settings(matmul_precision) -> None:
     before = _settings()
     seen = []
-    original = rmi_torch._statistics._joint_factor
+    original = rmi_torch._statistics._upper_cholesky  # every route factors a Gram matrix
 
-    def spy(z, epsilon):
+    def spy(gram):
         seen.append(_settings())
-        return original(z, epsilon)
+        return original(gram)
 
     x = torch.randn(2, 3, 24, 24, device=TORCH_DEVICE, requires_grad=True)
     target = (torch.rand(2, 3, 24, 24, device=TORCH_DEVICE) > 0.5).float()
     try:
-        rmi_torch._statistics._joint_factor = spy
+        rmi_torch._statistics._upper_cholesky = spy
         loss = rmi_torch.rmi_loss(x, target, with_logits=True, use_double_precision=False)
         loss.backward()
     finally:
-        rmi_torch._statistics._joint_factor = original
-    assert seen and all(s[:2] == ("ieee", "ieee") for s in seen)
+        rmi_torch._statistics._upper_cholesky = original
+    assert seen and all(map(_at_full_precision, seen))
     assert _settings() == before
 
 
@@ -109,10 +110,10 @@ def test_settings_are_restored_when_the_statistics_raise(monkeypatch) -> None:
     try:
         before = _settings()
 
-        def fail(z, epsilon):
+        def fail(gram):
             raise RuntimeError("inside the statistics")
 
-        monkeypatch.setattr(rmi_torch._statistics, "_joint_factor", fail)
+        monkeypatch.setattr(rmi_torch._statistics, "_upper_cholesky", fail)
         with pytest.raises(RuntimeError, match="inside the statistics"):
             rmi_torch.rmi_loss(
                 torch.randn(1, 1, 12, 12, device=TORCH_DEVICE),

@@ -123,7 +123,8 @@ def project_text_files() -> list[Path]:
     for path in ROOT.rglob("*"):
         parts = set(path.relative_to(ROOT).parts)
         if path.suffix in {".py", ".md", ".toml", ".cff"} and not parts & NOT_PROJECT_TEXT:
-            if not any(part.endswith(".egg-info") for part in parts):
+            # Build metadata, and the environments .ci/run makes (.venv-newest, .venv-oldest).
+            if not any(p.endswith(".egg-info") or p.startswith(".venv") for p in parts):
                 files.append(path)
     return files
 
