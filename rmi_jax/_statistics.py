@@ -219,15 +219,23 @@ def _contract_offsets(values: jnp.ndarray, block, kept_first: bool) -> jnp.ndarr
 
 
 def _sums(values: list[jnp.ndarray], axes: tuple[int, ...]) -> jnp.ndarray:
-    """Each of ``values`` summed over ``axes``, stacked on axis 1: one reduction with one
-    accumulator per value, so XLA reads each pixel once for all of them."""
-    if not axes:
-        return jnp.stack(values, axis=1)
+    """Each of ``values`` summed over ``axes``, stacked on axis 1: reductions with one
+    accumulator per value, so XLA reads each pixel once for all of them.
+
+    One axis at a time, the last first: XLA's CPU reduction adds its terms in sequence, so
+    summing ``n`` terms at once would carry a rounding error up to ``n u`` of the sum, and the
+    loss's ``eps``-sized signal is the difference of such sums (measured: 4.8e-6 off the
+    reference on a near-perfect 256x256 map at stride 1). Row by row it is the sum of the axes'
+    lengths instead (4.5e-8 on the same map)."""
     zeros = tuple(np.zeros((), jnp.float64) for _ in values)
-    sums = jax.lax.reduce(
-        tuple(values), zeros, lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)), axes
-    )
-    return jnp.stack(sums, axis=1)
+    for axis in sorted(axes, reverse=True):
+        values = jax.lax.reduce(
+            tuple(values),
+            zeros,
+            lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)),
+            (axis,),
+        )
+    return jnp.stack(values, axis=1)
 
 
 def _lag_window_sums(maps: tuple[jnp.ndarray, jnp.ndarray], radius: tuple) -> jnp.ndarray:
