@@ -103,10 +103,25 @@ def plot(path: Path, runs: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", type=Path)
-    parser.add_argument("--run", nargs=3, required=True, metavar=("DATASET", "LOSS", "SEED"))
+    parser.add_argument("--run", nargs=3, metavar=("DATASET", "LOSS", "SEED"))
+    parser.add_argument(
+        "--shares",
+        action="store_true",
+        help="only print every Flax run's RMI share of the gradient norm per checkpoint",
+    )
     parser.add_argument("--against", nargs=4, metavar=("JSON", "DATASET", "LOSS", "SEED"))
     parser.add_argument("--out", type=Path, default=Path("outputs/study/study_mechanism.png"))
     args = parser.parse_args(argv)
+    if args.shares:
+        print("| dataset | loss | seed | RMI share of the gradient norm at the checkpoints |")
+        print("|---|---|---|---|")
+        for r in json.loads(args.json.read_text())["runs"]:
+            if "diagnostics" in r and r["loss"] != "ce":
+                shares = ", ".join(f"{v:.2f}" for v in rmi_gradient_share(r))
+                print(f"| {r['dataset']} | {r['loss']} | {r['seed']} | {shares} |")
+        return
+    if args.run is None:
+        parser.error("--run is required without --shares")
     runs = [find_run(args.json, args.run[0], args.run[1], int(args.run[2]))]
     if args.against:
         j, d, loss, s = args.against
