@@ -9,15 +9,16 @@ schedule, so the losses differ in nothing else.
   ``textures``, mosaics of the texture photographs that ship with scikit-image
   (``examples/textures.py``). Both: 512 training and 128 test images of 64x64 per seed.
 - Flax losses (:data:`LOSSES`): BCE, BCE + RMI, softmax cross-entropy, cross-entropy + RMI and
-  cross-entropy + Dice.
-- The PyTorch twin: BCE and BCE + RMI on ``shapes`` with the same seeds, trained by the PyTorch
-  demo's own ``train``, so that Flax and PyTorch can be compared against the seed spread.
+  the recipe (:data:`RECIPE`: cross-entropy, then the RMI term ramped in to a small share);
+  :data:`CANDIDATES` are the other losses screened for the recipe (``--losses`` runs them).
+- The PyTorch twin: BCE and BCE + RMI on ``shapes`` for :data:`TORCH_SEEDS`, trained by the
+  PyTorch demo's own ``train``, so that Flax and PyTorch can be compared against the seed spread.
 - Each Flax run is evaluated at :attr:`Settings.checkpoints` evenly spaced steps too, to judge
   whether training has flattened; every step is timed (the median is reported per loss).
 
 ::
 
-    python examples/study.py                  # the full study (about an hour on 2 CPU cores);
+    python examples/study.py                  # the full study (about 90 min on 2 CPU cores);
                                               # rewrites docs/study.md's tables and figures
     python examples/study.py --quick --out /tmp/study   # smoke run, well under a minute
     python examples/study.py --render         # docs again from outputs/study/study.json
@@ -73,7 +74,7 @@ from examples.common import (  # noqa: E402
     load_data,
     train_loop,
 )
-from examples.metrics import evaluate, mean_iou, write_json  # noqa: E402
+from examples.metrics import evaluate, mean_iou, per_class_iou, write_json  # noqa: E402
 from examples.synthetic import CLASS_NAMES  # noqa: E402
 from examples.train_flax import init_state, make_train_step, predict  # noqa: E402
 from rmi_jax import rmi_loss  # noqa: E402
@@ -99,36 +100,106 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def cross_entropy_and_rmi(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """``0.5 CE + 0.5 RMI``, the RMI term alone (``bce_weight=0``) on the softmax probabilities.
-
-    Under a softmax the logits are defined only up to a per-pixel constant, so their sigmoid is
-    not a probability the model means: RMI gets the probabilities the cross-entropy trains.
-    """
-    probabilities = jax.nn.softmax(logits, axis=-1)
-    rmi = rmi_loss(probabilities, targets, with_logits=False, bce_weight=0.0)
-    return CE_WEIGHT * cross_entropy(logits, targets) + (1.0 - CE_WEIGHT) * rmi
-
-
 def cross_entropy_and_dice(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """``0.5 CE + 0.5 Dice``: optax's soft Dice (softmax applied, per image, mean over classes)."""
     dice = optax.losses.dice_loss(logits, targets).mean()
     return CE_WEIGHT * cross_entropy(logits, targets) + (1.0 - CE_WEIGHT) * dice
 
 
+def rmi_ramp(share: float, start: float, end: float) -> optax.Schedule:
+    """An RMI share of 0 until ``start``, then linear up to ``share`` at ``end``, then held.
+
+    The schedule's argument is the run's progress (step / total steps), so one recipe fits any
+    number of steps; it is an ordinary optax schedule and runs traced inside the jitted step.
+    """
+    return optax.linear_schedule(0.0, share, transition_steps=end - start, transition_begin=start)
+
+
+@dataclass(frozen=True)
+class Combined:
+    """``(1 - s) base + s RMI``: a base loss plus the RMI term with share ``s``.
+
+    ``base`` is ``"bce"`` (RMI on the sigmoids: exactly ``rmi_loss(z, y, bce_weight=1 - s)``) or
+    ``"ce"`` (softmax cross-entropy, RMI alone, ``bce_weight=0``, on the softmax probabilities).
+    ``share`` is a number or an optax schedule of the run's progress (0 at the first step, 1 at
+    the end); :meth:`__call__` takes the progress as a traced scalar.
+    """
+
+    base: str
+    share: float | optax.Schedule
+
+    @property
+    def scheduled(self) -> bool:
+        return callable(self.share)
+
+    def share_at(self, progress: jax.typing.ArrayLike) -> jax.Array:
+        return jnp.asarray(self.share(progress) if self.scheduled else self.share, jnp.float32)
+
+    def probabilities(self, logits: jax.Array) -> jax.Array:
+        """The maps the model predicts: sigmoids for BCE, the softmax for cross-entropy."""
+        return jax.nn.sigmoid(logits) if self.base == "bce" else jax.nn.softmax(logits, axis=-1)
+
+    def terms(
+        self, logits: jax.Array, targets: jax.Array, progress: jax.typing.ArrayLike = 1.0
+    ) -> tuple[jax.Array, jax.Array]:
+        """The weighted base and RMI terms, ``(1 - s) base`` and ``s RMI``."""
+        s = self.share_at(progress)
+        if self.base == "bce":
+            bce = rmi_loss(logits, targets, with_logits=True, bce_weight=1.0)
+            rmi = rmi_loss(logits, targets, with_logits=True, bce_weight=0.0)
+        else:
+            bce = cross_entropy(logits, targets)
+            rmi = rmi_loss(self.probabilities(logits), targets, with_logits=False, bce_weight=0.0)
+        return (1.0 - s) * bce, s * rmi
+
+    def __call__(
+        self, logits: jax.Array, targets: jax.Array, progress: jax.typing.ArrayLike = 1.0
+    ) -> jax.Array:
+        if self.base == "bce":
+            # One call, as the demos train it; a traced ``bce_weight`` follows the schedule.
+            return rmi_loss(
+                logits, targets, with_logits=True, bce_weight=1.0 - self.share_at(progress)
+            )
+        if not self.scheduled and self.share == 0.0:
+            return cross_entropy(logits, targets)
+        return sum(self.terms(logits, targets, progress))
+
+
+#: The recipe: cross-entropy alone for the first 30 % of the run, then the RMI term ramped in
+#: linearly to a share of 0.2 at 50 % and held there (see docs/study.md for why).
+RECIPE = Combined("ce", rmi_ramp(0.2, 0.3, 0.5))
+#: The loss the recipe adds RMI to: its paired baseline.
+RECIPE_BASELINE = "ce"
+
 #: The Flax runs' losses, by name. ``bce`` and ``bce+rmi`` are the demos' two losses.
-LOSSES: dict[str, Objective] = {
-    "bce": functools.partial(rmi_loss, with_logits=True, bce_weight=RUNS["bce"]),
-    "bce+rmi": functools.partial(rmi_loss, with_logits=True, bce_weight=RUNS["bce+rmi"]),
-    "ce": cross_entropy,
-    "ce+rmi": cross_entropy_and_rmi,
+LOSSES: dict[str, Callable[..., jax.Array]] = {
+    "bce": Combined("bce", 1.0 - RUNS["bce"]),
+    "bce+rmi": Combined("bce", 1.0 - RUNS["bce+rmi"]),
+    "ce": Combined("ce", 0.0),
+    "ce+rmi": Combined("ce", 1.0 - CE_WEIGHT),
+    "recipe": RECIPE,
+}
+#: Candidates screened for the recipe (docs/study.md lists every run); not in the full study.
+CANDIDATES: dict[str, Callable[..., jax.Array]] = {
+    "ce+rmi@0.1": Combined("ce", 0.1),
+    "ce>rmi@0.5": Combined("ce", rmi_ramp(0.5, 0.3, 0.5)),
+    "ce>rmi@0.02": Combined("ce", rmi_ramp(0.02, 0.3, 0.5)),
     "ce+dice": cross_entropy_and_dice,
 }
+ALL_LOSSES = LOSSES | CANDIDATES
 #: The PyTorch twin's losses (``rmi_torch.RMILoss`` with these ``bce_weight``) and dataset.
 TORCH_LOSSES = ("bce", "bce+rmi")
 TORCH_DATASET = "shapes"
+#: The seeds the PyTorch twin runs (of those the settings train): a small check, not a study.
+TORCH_SEEDS = (0, 1, 2)
 #: Paired comparisons reported per seed: (with, without).
-COMPARISONS = (("bce+rmi", "bce"), ("ce+rmi", "ce"), ("ce+dice", "ce"), ("ce", "bce"))
+COMPARISONS = (
+    ("recipe", RECIPE_BASELINE),
+    ("bce+rmi", "bce"),
+    ("ce+rmi", "ce"),
+    *((c, RECIPE_BASELINE) for c in CANDIDATES),
+    ("ce", "bce"),
+)
 
 
 @dataclass(frozen=True)
@@ -159,7 +230,7 @@ class Settings:
     torch: bool = True
 
 
-FULL = Settings(steps=1000, batch_size=8, seeds=(0, 1, 2), checkpoints=5)
+FULL = Settings(steps=1000, batch_size=8, seeds=(0, 1, 2, 3, 4), checkpoints=5)
 QUICK = Settings(steps=4, batch_size=2, seeds=(0, 1), checkpoints=2, test_images=16)
 
 
@@ -168,39 +239,115 @@ def checkpoint_steps(steps: int, count: int) -> list[int]:
     return sorted({max(1, round(steps * (k + 1) / count)) for k in range(count)})
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _diagnostics(
+    graphdef: nnx.GraphDef,
+    objective: Callable[..., jax.Array],
+    state: nnx.State,
+    x: jax.Array,
+    y: jax.Array,
+    progress: jax.Array,
+    test_x: jax.Array,
+    test_t: jax.Array,
+) -> dict[str, jax.Array]:
+    # Gradients are taken w.r.t. the logits, on the training batch of the checkpoint's step:
+    # per class, the L2 norm over the batch's pixels of d(weighted term)/d(logits[..., c]).
+    model = nnx.merge(graphdef, state)
+    out: dict[str, jax.Array] = {}
+    if isinstance(objective, Combined):
+        logits = model(x)
+        for k, name in enumerate(("base", "rmi")):
+            g = jax.grad(lambda z, k=k: objective.terms(z, y, progress)[k])(logits)
+            out[f"grad_{name}"] = jnp.sqrt(jnp.sum(g**2, axis=(0, 1, 2)))
+        out["rmi_share"] = objective.share_at(progress)
+        p = objective.probabilities(model(test_x))
+    else:
+        p = jax.nn.softmax(model(test_x), axis=-1)
+    # Held-out maps: how each class's map relates to its target (Pearson correlation over every
+    # test pixel, invariant to an affine change of the map, as RMI is) and how large its values
+    # are where the class is (its own mean probability against the largest other class's).
+    p, t = p.reshape(-1, p.shape[-1]), test_t.reshape(-1, test_t.shape[-1])
+    pc, tc = p - p.mean(0), t - t.mean(0)
+    out["corr"] = (pc * tc).sum(0) / jnp.sqrt((pc**2).sum(0) * (tc**2).sum(0) + 1e-12)
+    n = jnp.maximum(t.sum(0), 1.0)
+    out["p_own"] = (p * t).sum(0) / n
+    others = jnp.where(t[:, :, None] * 0 + jnp.eye(p.shape[-1])[None] > 0, -jnp.inf, p[:, None, :])
+    out["p_rival"] = (others.max(-1) * t).sum(0) / n
+    out["p_mean"], out["p_max"] = p.mean(0), p.max(0)
+    return out
+
+
 def run_flax(
-    step: Callable, data: Data, order: np.ndarray, seed: int, num_classes: int, desc: str, at: list
+    step: Callable,
+    data: Data,
+    order: np.ndarray,
+    seed: int,
+    num_classes: int,
+    desc: str,
+    at: list,
+    objective: Callable[..., jax.Array] | None = None,
 ) -> dict[str, object]:
     """Train one Flax run from ``seed``'s initial weights with the jitted ``step``.
 
-    Returns the run's record: test metrics, held-out mean IoU after each of the step counts
-    ``at``, the loss and wall time of every step (steps that also evaluated are not timed).
+    Returns the run's record: test metrics, held-out mean IoU and per-class IoU after each of
+    the step counts ``at``, the loss and wall time of every step (steps that also evaluated are
+    not timed) and, with ``objective``, its ``diagnostics`` at each of those steps (per-class
+    gradient norms of the base and RMI terms w.r.t. the logits on that step's batch; held-out
+    correlation and amplitude of each class's map: see :func:`_diagnostics`).
     """
     graphdef, state = init_state(seed, order.shape[0], num_classes)
     x_all, y_all = jnp.asarray(data.train_x), jnp.asarray(data.train_t)
+    test_x = jnp.asarray(data.test_x)
+    test_t = jax.nn.one_hot(jnp.asarray(data.test_y), num_classes)
     curve: list[float] = []
+    class_curve: list[list[float]] = []
+    diagnostics: list[dict[str, object]] = []
     final: list[np.ndarray] = []
+    model_graph = nnx.split(nnx.merge(graphdef, state)[0])[0]
 
     def one_step(i: int) -> float:
         nonlocal state
-        state, loss = step(state, x_all[order[i]], y_all[order[i]])
+        x, y = x_all[order[i]], y_all[order[i]]
+        if objective is not None and i + 1 in at:
+            # The batch of the checkpoint's step, before the step's update.
+            model, _ = nnx.merge(graphdef, state)
+            d = _diagnostics(
+                model_graph,
+                objective,
+                nnx.state(model),
+                x,
+                y,
+                jnp.float32(i / order.shape[0]),
+                test_x,
+                test_t,
+            )
+            diagnostics.append(
+                {"step": i + 1} | {k: np.round(np.asarray(v), 5).tolist() for k, v in d.items()}
+            )
+        state, loss = step(state, x, y)
         if i + 1 in at:
             model, _ = nnx.merge(graphdef, state)
             labels = predict(model, data.test_x)
             curve.append(round(mean_iou(labels, data.test_y, num_classes), 4))
+            iou = per_class_iou(labels, data.test_y, num_classes)
+            class_curve.append([None if np.isnan(v) else round(float(v), 4) for v in iou])
             final[:] = [labels]
         return float(loss)
 
     times: list[float] = []
     losses = train_loop(desc, range(order.shape[0]), one_step, step_times=times)
     timed = [t for i, t in enumerate(times) if i > 0 and i + 1 not in at]  # 0 compiles
-    return {
+    record = {
         "metrics": evaluate(final[0], data.test_y, num_classes, BOUNDARY_TOLERANCE),
         "checkpoint_steps": at,
         "checkpoint_miou": curve,
+        "checkpoint_iou": class_curve,
         "step_ms": step_time_ms(timed),
         "losses": losses,
     }
+    if diagnostics:
+        record["diagnostics"] = diagnostics
+    return record
 
 
 def run_torch(loss: str, data: Data, order: np.ndarray, seed: int) -> dict[str, object]:
@@ -248,7 +395,13 @@ def run_study(settings: Settings) -> list[dict[str, object]]:
         # depend on the seed, only the initial state does.
         graphdef, _ = init_state(settings.seeds[0], settings.steps, num_classes)
         steps = {
-            name: jax.jit(make_train_step(graphdef, objective=LOSSES[name]))
+            name: jax.jit(
+                make_train_step(
+                    graphdef,
+                    objective=ALL_LOSSES[name],
+                    total_steps=settings.steps if isinstance(ALL_LOSSES[name], Combined) else None,
+                )
+            )
             for name in settings.losses
         }
         for seed in settings.seeds:
@@ -260,13 +413,15 @@ def run_study(settings: Settings) -> list[dict[str, object]]:
             )
             order = batch_order(NUM_TRAIN, settings.steps, settings.batch_size, seed)
             runs = [("flax", loss) for loss in settings.losses]
-            if settings.torch and dataset_name == TORCH_DATASET:
+            if settings.torch and dataset_name == TORCH_DATASET and seed in TORCH_SEEDS:
                 runs += [("torch", loss) for loss in TORCH_LOSSES]
             for framework, loss in runs:
                 t0 = time.perf_counter()
                 if framework == "flax":
                     desc = f"flax {dataset_name} {loss} s{seed}"
-                    record = run_flax(steps[loss], data, order, seed, num_classes, desc, at)
+                    record = run_flax(
+                        steps[loss], data, order, seed, num_classes, desc, at, ALL_LOSSES[loss]
+                    )
                 else:
                     record = run_torch(loss, data, order, seed)
                 record["late_decrease"] = round(late_decrease(record["losses"]), 4)
@@ -611,7 +766,7 @@ def plot_scores(path: Path, report: dict) -> None:
             ax = axes[row, col]
             for x, (framework, loss) in enumerate(runs):
                 v = values(records, key, framework=framework, dataset=dataset, loss=loss)
-                colour = f"C{list(LOSSES).index(loss)}"
+                colour = f"C{list(ALL_LOSSES).index(loss)}"
                 marker = "s" if framework == "torch" else "o"
                 std = np.std(v, ddof=1) if len(v) > 1 else 0.0
                 ax.errorbar(x, np.mean(v), yerr=std, fmt="_", color=colour, ms=22, capsize=6, lw=2)
@@ -654,7 +809,7 @@ def plot_curves(path: Path, report: dict) -> None:
         for loss in settings["losses"]:
             sel = {"framework": "flax", "dataset": dataset, "loss": loss}
             curves = values(records, lambda r: r["checkpoint_miou"], **sel)  # [seeds, steps]
-            colour = f"C{list(LOSSES).index(loss)}"
+            colour = f"C{list(ALL_LOSSES).index(loss)}"
             for curve in curves:
                 ax.plot(at, curve, "-", color=colour, lw=0.8, alpha=0.5)
             ax.plot(at, curves.mean(axis=0), "o-", color=colour, lw=2, ms=3, label=loss)
@@ -712,9 +867,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--checkpoints", type=int, help="held-out evaluations per Flax run")
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS))
-    parser.add_argument("--losses", nargs="+", choices=list(LOSSES))
+    parser.add_argument("--losses", nargs="+", choices=list(ALL_LOSSES))
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch twin")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="no training: one report from the runs of these study.json files (same steps, "
+        "batch, checkpoints and test images), written to <out>/study.json",
+    )
     return parser.parse_args(argv)
+
+
+def merge_reports(paths: Sequence[Path]) -> dict[str, object]:
+    """One report holding every run of the study JSONs at ``paths``, which must share the
+    settings that make runs comparable; seeds, datasets and losses are the union, in order.
+
+    Raises:
+        ValueError: the reports differ in steps, batch size, checkpoints or test images, or
+            two of them hold the same run.
+    """
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    same = ("steps", "batch_size", "checkpoints", "test_images")
+    first = reports[0]["settings"]
+    for path, report in zip(paths, reports, strict=True):
+        if any(report["settings"][k] != first[k] for k in same):
+            raise ValueError(f"{path}: settings differ from {paths[0]} in one of {same}")
+    runs = [r for report in reports for r in report["runs"]]
+    keys = [(r["framework"], r["dataset"], r["loss"], r["seed"]) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the reports hold the same run twice")
+
+    def union(name: str) -> list:
+        return list(dict.fromkeys(v for report in reports for v in report["settings"][name]))
+
+    settings = dict(first) | {
+        "seeds": sorted(union("seeds")),
+        "datasets": union("datasets"),
+        "losses": union("losses"),
+        "torch": any(report["settings"]["torch"] for report in reports),
+    }
+    commits = sorted({str(report["environment"]["commit"]) for report in reports})
+    return {
+        "command": "merged runs of: " + "; ".join(report["command"] for report in reports),
+        "settings": settings,
+        "environment": reports[0]["environment"] | {"commit": ", ".join(commits)},
+        "wall_time_s": round(sum(report["wall_time_s"] for report in reports), 1),
+        "runs": runs,
+    }
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -738,6 +939,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     json_path = args.out / "study.json"
     if args.render:
         report = json.loads(json_path.read_text())
+    elif args.merge:
+        report = merge_reports(args.merge)
+        write_json(json_path, report)
     else:
         settings = settings_from(args)
         where = environment()  # before training: the commit is the one the runs import

@@ -101,7 +101,8 @@ def make_train_step(
     graphdef: nnx.GraphDef,
     bce_weight: float | None = None,
     *,
-    objective: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    objective: Callable[..., jax.Array] | None = None,
+    total_steps: int | None = None,
 ) -> Callable[[nnx.State, jax.Array, jax.Array], tuple[nnx.State, jax.Array]]:
     """A pure ``step(state, x, y) -> (state, loss)`` to ``jax.jit`` (with or without shardings).
 
@@ -113,6 +114,9 @@ def make_train_step(
         bce_weight: train with the demo's loss, :func:`loss_fn` with this ``bce_weight``.
         objective: or train with ``objective(logits, targets)``, any other scalar loss (e.g.
             the study's cross-entropy losses). Give exactly one of the two.
+        total_steps: with ``objective``, call it as ``objective(logits, targets, progress)``
+            where ``progress = step / total_steps`` is the optimizer's step count as a traced
+            scalar, so a loss weight can follow a schedule inside the jitted step.
     """
     if (bce_weight is None) == (objective is None):
         raise ValueError(
@@ -120,14 +124,17 @@ def make_train_step(
             f"bce_weight={bce_weight!r} and objective={objective!r}"
         )
 
-    def loss_of(model: UNet, x: jax.Array, y: jax.Array) -> jax.Array:
+    def loss_of(model: UNet, x: jax.Array, y: jax.Array, progress: jax.Array) -> jax.Array:
         if objective is None:
             return loss_fn(model, x, y, bce_weight)
-        return objective(model(x), y)
+        if total_steps is None:
+            return objective(model(x), y)
+        return objective(model(x), y, progress)
 
     def step(state: nnx.State, x: jax.Array, y: jax.Array) -> tuple[nnx.State, jax.Array]:
         model, optimizer = nnx.merge(graphdef, state)
-        loss, grads = nnx.value_and_grad(loss_of)(model, x, y)
+        progress = optimizer.step[...].astype(jnp.float32) / (total_steps or 1)
+        loss, grads = nnx.value_and_grad(loss_of)(model, x, y, progress)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss
 

@@ -87,3 +87,31 @@ def test_torch_recipe_trains() -> None:
         losses.append(float(loss.detach()))
     assert np.isfinite(losses).all()
     assert losses[-1] < losses[0]
+
+
+def test_study_recipe_is_defined_finite_and_follows_its_schedule() -> None:
+    from examples.study import LOSSES, RECIPE_BASELINE, Combined
+
+    recipe = LOSSES["recipe"]
+    assert RECIPE_BASELINE in LOSSES and RECIPE_BASELINE != "recipe"
+    assert isinstance(recipe, Combined)
+    logits = 3.0 * jax.random.normal(jax.random.key(1), (2, 16, 16, NUM_CLASSES))
+    targets = jax.nn.one_hot(jnp.asarray(LABELS[:2, :16, :16] % NUM_CLASSES), NUM_CLASSES)
+    for progress in (0.0, 0.4, 1.0):
+        loss, grad = jax.jit(jax.value_and_grad(recipe))(logits, targets, jnp.float32(progress))
+        assert np.isfinite(float(loss)) and np.isfinite(np.asarray(grad)).all()
+        base, rmi = recipe.terms(logits, targets, progress)
+        np.testing.assert_allclose(float(loss), float(base + rmi), rtol=TERMS_RTOL)
+    # The RMI share is a schedule of the run's progress: off at the start, on by the end, never
+    # down, and the baseline's loss is the recipe's at share 0.
+    shares = [float(recipe.share_at(p)) for p in np.linspace(0.0, 1.0, 21)]
+    assert shares[0] == 0.0 and shares[-1] > 0.0 and np.all(np.diff(shares) >= 0.0)
+    np.testing.assert_allclose(
+        float(recipe.terms(logits, targets, 0.0)[0]),
+        float(LOSSES[RECIPE_BASELINE](logits, targets)),
+        rtol=TERMS_RTOL,
+    )
+
+
+# The objective and the sum of its two terms are the same float32 sums, in another order.
+TERMS_RTOL = 1e-6
