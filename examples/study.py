@@ -85,6 +85,8 @@ Objective = Callable[[jax.Array, jax.Array], jax.Array]
 # The combined losses weigh their two terms equally, as BCE + RMI does (bce_weight=0.5).
 CE_WEIGHT = 0.5
 DOCS_MARKERS = ("<!-- study:tables:start -->", "<!-- study:tables:end -->")
+# The recipe's paired runs (``--recipe-block``): the recipe section's own generated block.
+RECIPE_MARKERS = ("<!-- study:recipe:start -->", "<!-- study:recipe:end -->")
 FIGURE_DPI = 80  # the figures are committed under docs/: keep them small
 # Training-loss curves are smoothed over this fraction of the run before judging flatness.
 SMOOTHING_FRACTION = 0.05
@@ -550,12 +552,31 @@ def comparison_table(records: list[dict], settings: Settings) -> str:
         for with_, without in COMPARISONS:
             if with_ not in settings.losses or without not in settings.losses:
                 continue
+            # Paired by seed: only the seeds that ran both losses.
+            seeds = [
+                s
+                for s in settings.seeds
+                if all(
+                    values(records, miou, framework="flax", dataset=dataset, loss=n, seed=s).size
+                    for n in (with_, without)
+                )
+            ]
+            if not seeds:
+                continue
             cells = []
             for key in (miou, mean_bf1):
-                a = values(records, key, framework="flax", dataset=dataset, loss=with_)
-                b = values(records, key, framework="flax", dataset=dataset, loss=without)
+                a, b = (
+                    np.concatenate(
+                        [
+                            values(records, key, framework="flax", dataset=dataset, loss=n, seed=s)
+                            for s in seeds
+                        ]
+                    )
+                    for n in (with_, without)
+                )
                 cells += [mean_std(a - b, signed=True), ", ".join(f"{d:+.3f}" for d in a - b)]
-            rows.append(f"| {dataset} | {with_} − {without} | " + " | ".join(cells) + " |")
+            label = f"{with_} − {without}, seeds {', '.join(map(str, seeds))}"
+            rows.append(f"| {dataset} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -824,21 +845,46 @@ def plot_curves(path: Path, report: dict) -> None:
     plt.close(fig)
 
 
-def write_docs(docs: Path, report: dict) -> None:
-    """Replace what lies between :data:`DOCS_MARKERS` in ``docs`` and draw the figures beside it.
+def replace_block(docs: Path, markers: tuple[str, str], text: str) -> None:
+    """Replace what lies between ``markers`` in ``docs`` with ``text``.
 
     Raises:
         ValueError: ``docs`` does not hold each marker exactly once, start before end.
     """
-    text = docs.read_text()
-    start, end = DOCS_MARKERS
-    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+    content = docs.read_text()
+    start, end = markers
+    if (
+        content.count(start) != 1
+        or content.count(end) != 1
+        or content.index(start) > content.index(end)
+    ):
         raise ValueError(f"{docs} must contain {start} and then {end}, once each")
-    before, rest = text.split(start)
+    before, rest = content.split(start)
     after = rest.split(end)[1]
-    docs.write_text(f"{before}{start}\n{render_markdown(report)}\n{end}{after}")
+    docs.write_text(f"{before}{start}\n{text}\n{end}{after}")
+
+
+def write_docs(docs: Path, report: dict) -> None:
+    """Rewrite the block between :data:`DOCS_MARKERS` in ``docs`` and the figures beside it."""
+    replace_block(docs, DOCS_MARKERS, render_markdown(report))
     plot_scores(docs.parent / "study.png", report)
     plot_curves(docs.parent / "study_curves.png", report)
+
+
+def write_recipe_block(docs: Path, report: dict) -> None:
+    """Rewrite the block between :data:`RECIPE_MARKERS` in ``docs`` (tables only).
+
+    Raises:
+        ValueError: the report's runs are not comparable with the full study's (other steps,
+            batch, checkpoints or test images), or it lacks the recipe or its baseline.
+    """
+    settings = settings_of(report)
+    same = ("steps", "batch_size", "checkpoints", "test_images")
+    if any(getattr(settings, k) != getattr(FULL, k) for k in same):
+        raise ValueError(f"--recipe-block needs the full study's {', '.join(same)}")
+    if not {"recipe", RECIPE_BASELINE} <= set(settings.losses):
+        raise ValueError(f"--recipe-block needs runs of recipe and {RECIPE_BASELINE}")
+    replace_block(docs, RECIPE_MARKERS, render_markdown(report))
 
 
 # --- Command line ---------------------------------------------------------------------------
@@ -855,6 +901,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="markdown file whose marked section the full study rewrites",
     )
     parser.add_argument("--no-docs", action="store_true", help="leave --docs untouched")
+    parser.add_argument(
+        "--recipe-block",
+        action="store_true",
+        help="write the tables into the recipe block of --docs (runs with the full study's "
+        "steps, batch and checkpoints), not the study's block",
+    )
     parser.add_argument(
         "--render",
         action="store_true",
@@ -910,7 +962,8 @@ def merge_reports(paths: Sequence[Path]) -> dict[str, object]:
     }
     commits = sorted({str(report["environment"]["commit"]) for report in reports})
     return {
-        "command": "merged runs of: " + "; ".join(report["command"] for report in reports),
+        "command": f"python examples/study.py --merge <{len(reports)} study.json files>",
+        "merged_commands": [report["command"] for report in reports],
         "settings": settings,
         "environment": reports[0]["environment"] | {"commit": ", ".join(commits)},
         "wall_time_s": round(sum(report["wall_time_s"] for report in reports), 1),
@@ -960,7 +1013,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     plot_scores(args.out / "study.png", report)
     plot_curves(args.out / "study_curves.png", report)
     print(render_markdown(report))
-    if settings_of(report) == FULL and not args.no_docs:
+    if args.recipe_block and not args.no_docs:
+        write_recipe_block(args.docs, report)
+        print(f"\nwrote the recipe block of {args.docs}")
+    elif settings_of(report) == FULL and not args.no_docs:
         write_docs(args.docs, report)
         print(f"\nwrote {args.docs} and its figures")
     print(f"wrote {json_path}, {args.out / 'study.png'} and {args.out / 'study_curves.png'}")

@@ -40,18 +40,28 @@ def _fixture(name: str) -> Fixture:
 
 def _jax_settings() -> tuple:
     """The process settings a JAX result depends on, for the cache key: x64 (the float32 route
-    runs under either setting) and the default matmul precision."""
+    runs under either setting), the default matmul precision and the size from which the
+    statistics take lag products (test_lag_products.py lowers it)."""
     import jax
 
-    return jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision
+    from rmi_core import options
+
+    return (
+        jax.config.jax_enable_x64,
+        jax.config.jax_default_matmul_precision,
+        options.LAG_PRODUCTS_MIN_WINDOWS,
+    )
 
 
-def _torch_settings() -> str:
-    """The setting a torch result depends on, for the cache key: the float32 matmul precision
-    (tests/test_precision.py computes under reduced ones)."""
+def _torch_settings() -> tuple:
+    """The settings a torch result depends on, for the cache key: the float32 matmul precision
+    (tests/test_precision.py computes under reduced ones) and the size from which the
+    statistics take lag products."""
     import torch
 
-    return torch.get_float32_matmul_precision()
+    from rmi_core import options
+
+    return torch.get_float32_matmul_precision(), options.LAG_PRODUCTS_MIN_WINDOWS
 
 
 def _jax_run(loss: Callable, x, *args, jit: bool):
@@ -129,7 +139,7 @@ def _torch_run(loss: Callable, x) -> Result:
 
 
 @functools.cache
-def _torch_dense(name: str, double: bool, reduction: str, settings: str) -> Result:
+def _torch_dense(name: str, double: bool, reduction: str, settings: tuple) -> Result:
     import torch
 
     from rmi_torch import rmi_loss
@@ -191,7 +201,7 @@ def torch_label_value_and_grad(
 
 
 @functools.cache
-def _torch_labels(name: str, double: bool, use_double_precision: bool, settings: str) -> Result:
+def _torch_labels(name: str, double: bool, use_double_precision: bool, settings: tuple) -> Result:
     import torch
 
     from rmi_torch import rmi_loss_from_labels

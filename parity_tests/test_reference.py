@@ -143,6 +143,14 @@ def test_fixtures_cover_every_option_that_changes_the_math() -> None:
     assert any(f.grad_fd is not None for f in masked)
 
 
+@pytest.mark.parametrize("fixture", [f for f in FIXTURES if f.grad_fd is not None], ids=str)
+def test_differenced_gradient_is_not_zero(fixture: Fixture) -> None:
+    # A gradient that is zero by the definition leaves each backend with its own rounding
+    # noise, and the relative difference of two noises means nothing (a per-pixel random
+    # target max-pooled by 3 is all ones, which makes the RMI term constant).
+    assert np.abs(fixture.grad_fd).max() > 1e-6
+
+
 def test_masking_a_rectangle_equals_cropping_to_it() -> None:
     """The mask semantics, checked without the mask code: at stride 1 the windows of valid
     pixels inside a rectangle are exactly the windows of the cropped image."""

@@ -9,7 +9,9 @@ matrix ``J = Z Z^T + eps I`` has the posterior covariance plus ``eps I`` (``M + 
 Where the platform has float64 (CPU, GPU), ``Z Z^T`` is summed in float64 from the maps, never
 formed from region vectors in float32 (docs/computation.md#lag-products):
 
-- windows at spacing 1 without weights (the default: max or average pooling, no mask): each
+- windows at spacing 1 without weights (the default: max or average pooling, no mask), on maps
+  of at least ``options.LAG_PRODUCTS_MIN_WINDOWS`` windows (smaller ones take region vectors,
+  which compile and run faster there): each
   entry is a sum of a *lag product* ``x(u) x'(u + delta)`` over a shifted grid, and the shifted
   grids share their bulk, so each lag product is summed once over the bulk and once over the
   thin edges (``rmi_core.lags``), in one pass over the maps that XLA fuses into one reduction
@@ -582,8 +584,8 @@ _two_pass_log_det.defvjp(_two_pass_log_det_fwd, _two_pass_log_det_bwd)
 
 def region_log_det(p_maps, y_maps, window_weights, radius, step, epsilon, offset):
     """``sum(log(diag(chol(M + eps I)) + offset))`` for each leading index of two maps, with
-    float64 sums and algebra: lag products for windows at spacing 1 without weights, weighted
-    region vectors otherwise.
+    float64 sums and algebra: lag products for windows at spacing 1 without weights on large
+    enough maps (``options.uses_lag_products``), weighted region vectors otherwise.
 
     ``p_maps``, ``y_maps``: ``[..., H, W]`` (downsampled) probability and target maps, whose
     ``radius x radius`` windows at spacing ``step`` are the region vectors. ``window_weights``:
@@ -591,7 +593,7 @@ def region_log_det(p_maps, y_maps, window_weights, radius, step, epsilon, offset
     not differentiated). With ``offset = 0`` this is ``logdet(M + eps I) / 2``; the reference's
     "log trace" route uses ``offset = 1e-8``. The result has the maps' dtype.
     """
-    if window_weights is None and step == 1:
+    if options.uses_lag_products(*p_maps.shape[-2:], radius, step, window_weights is not None):
         lead = p_maps.shape[:-2]
         flat = [m.reshape(-1, *m.shape[-2:]) for m in (p_maps, y_maps)]
         return _lag_log_det(*flat, radius, epsilon, offset).reshape(lead)

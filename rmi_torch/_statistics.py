@@ -16,9 +16,10 @@ alike. Every product runs in true float32 (or float64) whatever the caller's
 ``torch.set_float32_matmul_precision`` or TF32 switches say (:func:`full_precision_matmuls`).
 
 float64 statistics of windows at spacing 1 without weights (the drop-in default,
-``use_double_precision=True``, with max or average pooling and no mask) come from lag products
-instead (``rmi_core.lags``, docs/computation.md#lag-products): no region vectors, one factor of
-the exact float64 Gram. float32 statistics keep the two-pass route: in eager PyTorch on the CPU,
+``use_double_precision=True``, with max or average pooling and no mask) on maps of at least
+``options.LAG_PRODUCTS_MIN_WINDOWS`` windows come from lag products instead (``rmi_core.lags``,
+docs/computation.md#lag-products): no region vectors, one factor of the exact float64 Gram.
+float32 statistics keep the two-pass route: in eager PyTorch on the CPU,
 float64 lag products cost more than float32 region vectors and their products (measured:
 344 against 246 ms fwd+bwd at 8x21x256x256, benchmarks/RESULTS.md).
 
@@ -526,10 +527,14 @@ def region_log_det(p_maps, y_maps, window_weights, radius, step, epsilon, offset
     ``window_weights``: ``None``, or ``[N, L]`` 0/1 weights of those windows, shared by the
     classes (0 drops a window from the statistics). With ``offset = 0`` this is
     ``logdet(M + eps I) / 2``; the reference's "log trace" route uses ``offset = 1e-8``.
-    float64 statistics of windows at spacing 1 without weights come from lag products.
+    float64 statistics of windows at spacing 1 without weights come from lag products on large
+    enough maps (``options.uses_lag_products``).
     """
     n, c = p_maps.shape[:2]
-    if window_weights is None and step == 1 and dtype == torch.float64:
+    lag_products = options.uses_lag_products(
+        *p_maps.shape[-2:], radius, step, window_weights is not None
+    )
+    if lag_products and dtype == torch.float64:
         flat = [maps.reshape(n * c, *maps.shape[2:]) for maps in (p_maps, y_maps)]
         return _LagLogDet.apply(*flat, radius, epsilon, offset, dtype).view(n, c)
     if window_weights is not None:

@@ -160,3 +160,32 @@ def test_checkpoints_are_evenly_spaced_and_end_at_the_last_step() -> None:
     assert checkpoint_steps(600, 5) == [120, 240, 360, 480, 600]
     assert checkpoint_steps(4, 2) == [2, 4]
     assert checkpoint_steps(1, 3) == [1]
+
+
+def test_a_block_is_replaced_between_its_markers_only(tmp_path: Path) -> None:
+    from examples.study import RECIPE_MARKERS, replace_block
+
+    start, end = RECIPE_MARKERS
+    docs = tmp_path / "study.md"
+    docs.write_text(f"before\n{start}\nold\n{end}\nafter\n")
+    replace_block(docs, RECIPE_MARKERS, "new")
+    assert docs.read_text() == f"before\n{start}\nnew\n{end}\nafter\n"
+    docs.write_text(f"{end}\n{start}\n")
+    with pytest.raises(ValueError, match="must contain"):
+        replace_block(docs, RECIPE_MARKERS, "new")
+
+
+def test_the_recipe_block_takes_only_runs_comparable_with_the_full_study(tmp_path: Path) -> None:
+    import dataclasses
+
+    from examples.study import FULL, QUICK, RECIPE_BASELINE, write_recipe_block
+
+    docs = tmp_path / "study.md"
+    docs.write_text("untouched\n")
+    quick = {"settings": dataclasses.asdict(QUICK)}
+    with pytest.raises(ValueError, match="steps"):
+        write_recipe_block(docs, quick)
+    no_recipe = {"settings": dataclasses.asdict(FULL) | {"losses": [RECIPE_BASELINE]}}
+    with pytest.raises(ValueError, match="recipe"):
+        write_recipe_block(docs, no_recipe)
+    assert docs.read_text() == "untouched\n"
