@@ -87,6 +87,8 @@ CE_WEIGHT = 0.5
 DOCS_MARKERS = ("<!-- study:tables:start -->", "<!-- study:tables:end -->")
 # The recipe's paired runs (``--recipe-block``): the recipe section's own generated block.
 RECIPE_MARKERS = ("<!-- study:recipe:start -->", "<!-- study:recipe:end -->")
+# The settings two reports must share for their runs to be compared or merged.
+COMPARABLE_SETTINGS = ("steps", "batch_size", "checkpoints", "test_images")
 FIGURE_DPI = 80  # the figures are committed under docs/: keep them small
 # Training-loss curves are smoothed over this fraction of the run before judging flatness.
 SMOOTHING_FRACTION = 0.05
@@ -879,9 +881,8 @@ def write_recipe_block(docs: Path, report: dict) -> None:
             batch, checkpoints or test images), or it lacks the recipe or its baseline.
     """
     settings = settings_of(report)
-    same = ("steps", "batch_size", "checkpoints", "test_images")
-    if any(getattr(settings, k) != getattr(FULL, k) for k in same):
-        raise ValueError(f"--recipe-block needs the full study's {', '.join(same)}")
+    if any(getattr(settings, k) != getattr(FULL, k) for k in COMPARABLE_SETTINGS):
+        raise ValueError(f"--recipe-block needs the full study's {', '.join(COMPARABLE_SETTINGS)}")
     if not {"recipe", RECIPE_BASELINE} <= set(settings.losses):
         raise ValueError(f"--recipe-block needs runs of recipe and {RECIPE_BASELINE}")
     replace_block(docs, RECIPE_MARKERS, render_markdown(report))
@@ -941,11 +942,12 @@ def merge_reports(paths: Sequence[Path]) -> dict[str, object]:
             two of them hold the same run.
     """
     reports = [json.loads(Path(p).read_text()) for p in paths]
-    same = ("steps", "batch_size", "checkpoints", "test_images")
     first = reports[0]["settings"]
     for path, report in zip(paths, reports, strict=True):
-        if any(report["settings"][k] != first[k] for k in same):
-            raise ValueError(f"{path}: settings differ from {paths[0]} in one of {same}")
+        if any(report["settings"][k] != first[k] for k in COMPARABLE_SETTINGS):
+            raise ValueError(
+                f"{path}: settings differ from {paths[0]} in one of {COMPARABLE_SETTINGS}"
+            )
     runs = [r for report in reports for r in report["runs"]]
     keys = [(r["framework"], r["dataset"], r["loss"], r["seed"]) for r in runs]
     if len(set(keys)) != len(keys):

@@ -9,6 +9,8 @@ through them: float32 and float64 JAX, and float64 PyTorch (its float32 route ne
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,8 +42,11 @@ from rmi_core import options
 
 
 def _dense_lags(fixture: Fixture) -> bool:
-    method = fixture.options.get("downsampling_method", "max")
-    stride = fixture.options.get("stride", 3)
+    defaults = inspect.signature(rmi_jax.rmi_loss).parameters
+    method, stride = (
+        fixture.options.get(name, defaults[name].default)
+        for name in ("downsampling_method", "stride")
+    )
     return fixture.valid_mask is None and options.window_step(method, stride) == 1
 
 
