@@ -10,6 +10,7 @@ through them: float32 and float64 JAX, and float64 PyTorch (its float32 route ne
 from __future__ import annotations
 
 import inspect
+import math
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +72,10 @@ ALL = tiered(FIXTURES, DEFAULT)
 SUBSET = [f for f in FIXTURES if f.name in DEFAULT]
 
 
+# The size users get, read before the fixture below lowers it.
+SHIPPED_MIN_WINDOWS = options.LAG_PRODUCTS_MIN_WINDOWS
+
+
 @pytest.fixture(autouse=True)
 def _lag_products_for_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(options, "LAG_PRODUCTS_MIN_WINDOWS", 0)
@@ -85,7 +90,20 @@ def _value_and_grad(fixture: Fixture, backend: str, *, double: bool):
     return run(fixture, double=double)
 
 
-def test_the_lowered_size_sends_both_backends_through_lag_products(monkeypatch) -> None:
+def test_maps_from_the_shipped_size_up_take_lag_products() -> None:
+    # Radius 3 at spacing 1: an n x n map has (n - 2)^2 windows.
+    side = math.isqrt(SHIPPED_MIN_WINDOWS) + 2
+    assert math.isqrt(SHIPPED_MIN_WINDOWS) ** 2 == SHIPPED_MIN_WINDOWS
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(options, "LAG_PRODUCTS_MIN_WINDOWS", SHIPPED_MIN_WINDOWS)
+        assert options.uses_lag_products(side, side, 3, 1, weighted=False)
+        assert not options.uses_lag_products(side - 1, side, 3, 1, weighted=False)
+        assert not options.uses_lag_products(4 * side, 4 * side, 3, 2, weighted=False)
+        assert not options.uses_lag_products(4 * side, 4 * side, 3, 1, weighted=True)
+
+
+def _count_lag_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each backend's lag-product call in the returned list."""
     calls = []
 
     def counted(name, original):
@@ -100,14 +118,26 @@ def test_the_lowered_size_sends_both_backends_through_lag_products(monkeypatch) 
     )
     lag_function = rmi_torch._statistics._LagLogDet
     monkeypatch.setattr(lag_function, "apply", counted("torch", lag_function.apply))
-    fixture = next(f for f in FIXTURES if f.name == "dense-default-logits")
+    return calls
+
+
+def _both_losses(fixture: Fixture) -> tuple[float, float]:
     pred, target = (jnp.asarray(a) for a in (fixture.pred, fixture.target))
     jax_value = rmi_jax.rmi_loss(pred, target, **fixture.options, channel_axis=1)
     pred, target = (torch.tensor(a) for a in (fixture.pred, fixture.target))
     torch_value = rmi_torch.rmi_loss(pred, target, **fixture.options, use_double_precision=True)
-    assert calls == ["jax", "torch"]
+    return float(jax_value), torch_value.item()
+
+
+@pytest.mark.parametrize("min_windows", [0, SHIPPED_MIN_WINDOWS], ids=["lowered", "shipped"])
+def test_the_size_picks_the_route_in_both_backends(monkeypatch, min_windows: int) -> None:
+    monkeypatch.setattr(options, "LAG_PRODUCTS_MIN_WINDOWS", min_windows)
+    calls = _count_lag_calls(monkeypatch)
+    fixture = next(f for f in FIXTURES if f.name == "dense-default-logits")  # 4x4 windows
+    jax_value, torch_value = _both_losses(fixture)
+    assert calls == (["jax", "torch"] if min_windows == 0 else [])
     np.testing.assert_allclose(jax_value, fixture.value, rtol=F32_VALUE_RTOL, atol=F32_VALUE_ATOL)
-    np.testing.assert_allclose(torch_value.item(), fixture.value, rtol=F64_VALUE_RTOL, atol=0)
+    np.testing.assert_allclose(torch_value, fixture.value, rtol=F64_VALUE_RTOL, atol=0)
 
 
 @pytest.mark.parametrize("fixture", SUBSET, ids=str)
