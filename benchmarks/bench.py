@@ -6,11 +6,14 @@ Run from the repository root::
     python -m benchmarks.bench --device cpu --sizes 64 --repeats 3 --rows baseline-f64 rmi_jax
     python -m benchmarks.bench --scaling                # adds the rmi_jax linear-scaling section
     python -m benchmarks.bench --compare benchmarks/results-cpu.json --out /tmp/now.json
+    python -m benchmarks.bench --device cpu --shapes 2x4x64x96x96 2x4x768x768 \
+        --rows baseline-f64 rmi_jax rmi_torch-f32 --out benchmarks/results-cpu-volume.json
 
-For every shape ``N x C x S x S`` (standard-normal logits, i.i.d. binary target, fixed seed)
-and every row it measures the median wall time of the forward pass and of forward + backward
-(gradient w.r.t. the logits), and the peak extra memory, then prints a table and the issues'
-targets judged on this run, and writes everything, with the methods and the machine's metadata
+For every shape ``N x C x S x S``, or each of ``--shapes`` (volumes ``N x C x D x H x W`` too),
+with standard-normal logits, an i.i.d. binary target and a fixed seed, and every row it
+measures the median wall time of the forward pass and of forward + backward (gradient w.r.t.
+the logits), and the peak extra memory, then prints a table and the issues' targets judged on
+this run, and writes everything, with the methods and the machine's metadata
 (CPU model and SIMD flags, devices, versions), to a JSON file. The JSON is rewritten after every
 row (``"complete": false`` until the end), so a run cut short keeps what it measured.
 
@@ -100,8 +103,8 @@ def run_benchmark(
     results: list[dict[str, Any]] = []
     scaling: list[dict[str, Any]] = []
     if not args.no_table:
-        for size in args.sizes:
-            shape = (args.batch, args.classes, size, size)
+        shapes = args.shapes or [(args.batch, args.classes, size, size) for size in args.sizes]
+        for shape in shapes:
             for row in args.rows:
                 _progress(f"[bench] {'x'.join(map(str, shape))} {row} ...")
                 results.append(measure_row(row, shape, args))
@@ -122,6 +125,14 @@ def run_benchmark(
     return _payload(args, results, scaling, complete=True)
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    """``NxCxHxW`` or ``NxCxDxHxW``."""
+    shape = tuple(int(size) for size in text.split("x"))
+    if len(shape) not in (4, 5):
+        raise argparse.ArgumentTypeError(f"expected NxCxHxW or NxCxDxHxW, got {text!r}")
+    return shape
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -130,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
                         help=f"square sizes S (default {' '.join(map(str, DEFAULT_SIZES))}, "
                         f"plus {GPU_EXTRA_SIZE} on a GPU)")  # fmt: skip
+    parser.add_argument(
+        "--shapes",
+        type=_shape,
+        nargs="+",
+        default=None,
+        metavar="NxCx...",
+        help="explicit shapes instead of --sizes, e.g. 2x4x64x96x96 (a volume)",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--repeats", type=int, default=7)

@@ -29,6 +29,24 @@ def add_comparisons(results: list[dict[str, Any]]) -> None:
                 t_floor = rows.get(REF_FLOOR, {}).get(f"{mode}_ms")
                 if isinstance(t_floor, (int, float)) and t_floor > 0:
                     res[f"{mode}_ratio_to_floor"] = t / t_floor
+    _add_volume_to_image_ratios(results)
+
+
+def _add_volume_to_image_ratios(results: list[dict[str, Any]]) -> None:
+    """For a volume row: its fwd+bwd time per voxel over the same row's time per pixel on the
+    image of the run with the same batch, classes and element count (``*_per_voxel_x_image``)."""
+    images = {
+        (res["row"], *res["shape"][:2], math.prod(res["shape"][2:])): res
+        for res in results
+        if len(res["shape"]) == 4
+    }
+    for res in results:
+        if len(res["shape"]) != 5:
+            continue
+        image = images.get((res["row"], *res["shape"][:2], math.prod(res["shape"][2:])), {})
+        t, t_image = res.get("fwdbwd_ms"), image.get("fwdbwd_ms")
+        if isinstance(t, (int, float)) and isinstance(t_image, (int, float)) and t_image > 0:
+            res["fwdbwd_per_voxel_x_image"] = t / t_image
 
 
 def compare_runs(

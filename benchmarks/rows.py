@@ -42,7 +42,7 @@ class Spec:
     """One measurement request, serialisable for the worker subprocess."""
 
     row: str
-    shape: tuple[int, int, int, int]
+    shape: tuple[int, ...]  # [N, C, H, W], or [N, C, D, H, W] for volumes
     device: str  # "cpu" or "cuda"
     repeats: int = 7
     warmup: int = DEFAULT_WARMUP
@@ -87,7 +87,7 @@ class Prepared:
 
 
 def make_inputs(shape: Sequence[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Standard-normal float32 logits and an i.i.d. binary float32 target, NCHW.
+    """Standard-normal float32 logits and an i.i.d. binary float32 target, channels first.
 
     The i.i.d. binary target is the one of the ``rmi-pytorch`` README's own timing example.
     """
@@ -231,9 +231,11 @@ def _prepare_jax(spec: Spec, logits: np.ndarray, target: np.ndarray) -> Prepared
     functions = {"fwd": fwd_fn, "fwdbwd": fwdbwd_fn}
 
     device = jax.devices()[0]
-    # NHWC is the JAX API's default layout; the transpose happens here, outside the timing.
-    x = jax.device_put(jnp.asarray(np.ascontiguousarray(logits.transpose(0, 2, 3, 1))), device)
-    y = jax.device_put(jnp.asarray(np.ascontiguousarray(target.transpose(0, 2, 3, 1))), device)
+    # Channels last is the JAX API's default layout; the transpose happens here, outside the
+    # timing.
+    last = (0, *range(2, logits.ndim), 1)
+    x = jax.device_put(jnp.asarray(np.ascontiguousarray(logits.transpose(last))), device)
+    y = jax.device_put(jnp.asarray(np.ascontiguousarray(target.transpose(last))), device)
     jax.block_until_ready((x, y))
 
     info = {

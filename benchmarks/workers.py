@@ -108,7 +108,7 @@ def measure_row(
     """
     spec = Spec(
         row=row,
-        shape=(int(shape[0]), int(shape[1]), int(shape[2]), int(shape[3])),
+        shape=tuple(int(size) for size in shape),
         device=args.device,
         repeats=args.repeats,
         warmup=args.warmup,

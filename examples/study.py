@@ -189,6 +189,9 @@ CANDIDATES: dict[str, Callable[..., jax.Array]] = {
     "ce>rmi@0.5": Combined("ce", rmi_ramp(0.5, 0.3, 0.5)),
     "ce>rmi@0.02": Combined("ce", rmi_ramp(0.02, 0.3, 0.5)),
     "ce+dice": cross_entropy_and_dice,
+    # Our stand-in for fine-tuning a trained model: cross-entropy for 70 % of the run (past the
+    # point where held-out IoU flattens), then RMI at the recipe's share for the rest.
+    "finetune": Combined("ce", rmi_ramp(0.2, 0.7, 0.75)),
 }
 ALL_LOSSES = LOSSES | CANDIDATES
 #: The PyTorch twin's losses (``rmi_torch.RMILoss`` with these ``bce_weight``) and dataset.

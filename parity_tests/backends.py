@@ -44,12 +44,12 @@ def _jax_settings() -> tuple:
     statistics take lag products (test_lag_products.py lowers it)."""
     import jax
 
-    from rmi_core import options
+    from rmi_core import numerics
 
     return (
         jax.config.jax_enable_x64,
         jax.config.jax_default_matmul_precision,
-        options.LAG_PRODUCTS_MIN_WINDOWS,
+        numerics.LAG_PRODUCTS_MIN_WINDOWS,
     )
 
 
@@ -59,9 +59,9 @@ def _torch_settings() -> tuple:
     statistics take lag products."""
     import torch
 
-    from rmi_core import options
+    from rmi_core import numerics
 
-    return torch.get_float32_matmul_precision(), options.LAG_PRODUCTS_MIN_WINDOWS
+    return torch.get_float32_matmul_precision(), numerics.LAG_PRODUCTS_MIN_WINDOWS
 
 
 def _jax_run(loss: Callable, x, *args, jit: bool):
@@ -237,11 +237,14 @@ def torch_layout(x, layout: str):
     if layout == "contiguous":
         return x.contiguous()
     if layout == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+        return x.contiguous(memory_format=formats[x.dim()])
     if layout == "transposed":
-        return x.transpose(2, 3).contiguous().transpose(2, 3)
+        return x.transpose(-2, -1).contiguous().transpose(-2, -1)
     if layout == "nhwc-permuted":
-        return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        last = (0, *range(2, x.dim()), 1)
+        back = (0, x.dim() - 1, *range(1, x.dim() - 1))
+        return x.permute(last).contiguous().permute(back)
     if layout == "strided-view":
         return torch.stack([x, -x], dim=-1)[..., 0]
     if layout == "channel-slice":

@@ -15,7 +15,8 @@ FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 
 @dataclass(frozen=True)
 class Fixture:
-    """Inputs (NCHW, float64), options and the reference's answers for one case.
+    """Inputs (``[N, C, H, W]`` or, for volumes, ``[N, C, D, H, W]``; float64), options and the
+    reference's answers for one case.
 
     ``options`` are the keyword arguments common to both backends' ``rmi_loss`` (never
     ``use_double_precision``, ``channel_axis`` or ``reduction``, which the tests choose).
@@ -24,11 +25,12 @@ class Fixture:
     the reference's condition number of the joint Gram matrix (the float32 gradients' enemy),
     and ``degenerate`` marks predictions that are an exact function of the target, where that
     matrix is singular but for ``eps``. ``valid_mask`` is the ``[N, H, W]`` boolean mask of the
-    masked dense fixtures (``None`` elsewhere), passed to both backends as ``valid_mask``.
+    masked dense fixtures (``[N, D, H, W]`` for volumes; ``None`` elsewhere), passed to both
+    backends as ``valid_mask``.
 
     Label-map fixtures (``labels-*.npz``, docs/semantics.md#label-maps) hold the logits in
-    ``pred``, the ``[N, H, W]`` int64 label map in ``target``, the keyword arguments of
-    ``rmi_loss_from_labels`` in ``options`` (never ``channel_axis`` or
+    ``pred``, the ``[N, H, W]`` (or ``[N, D, H, W]``) int64 label map in ``target``, the keyword
+    arguments of ``rmi_loss_from_labels`` in ``options`` (never ``channel_axis`` or
     ``use_double_precision``), and an empty ``per_example``: that loss is one number for the
     batch.
     """
@@ -77,7 +79,7 @@ def load_fixture(path: Path) -> Fixture:
             name=path.stem,
             pred=data["pred"],
             target=data["target"],
-            options=json.loads(str(data["options_json"])),
+            options=_tuples(json.loads(str(data["options_json"]))),
             value=float(data["value"]),
             per_example=data["per_example"],
             joint_condition=float(data["joint_condition"]),
@@ -96,3 +98,8 @@ def load_fixtures(pattern: str = "dense-*.npz") -> list[Fixture]:
             "run `python -m parity_tests.make_fixtures`"
         )
     return [load_fixture(path) for path in paths]
+
+
+def _tuples(options: dict[str, Any]) -> dict[str, Any]:
+    """Per-axis options come back from JSON as lists; the losses take (and hash) tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}

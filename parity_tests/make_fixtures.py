@@ -5,11 +5,15 @@ Run as ``python -m parity_tests.make_fixtures``.
 Deterministic: every case draws from its own seeded generator, so the files are reproducible and
 adding a case never changes the others. ``CASES`` are the dense-target cases (files
 ``dense-*.npz``, docs/semantics.md#dense-targets), ``LABEL_CASES`` the label-map cases (files
-``labels-*.npz``, docs/semantics.md#label-maps).
+``labels-*.npz``, docs/semantics.md#label-maps). Volume cases (``[N, C, D, H, W]``, files
+``dense-volume-*`` and ``labels-volume-*``, docs/semantics.md#volumes-and-per-axis-regions) sit
+among them, so every parity test checks volumes too.
 """
 
 from __future__ import annotations
 
+import argparse
+import fnmatch
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +31,7 @@ FD_MAX_ELEMENTS = 2000
 @dataclass(frozen=True)
 class Case:
     name: str
-    shape: tuple[int, int, int, int] = (2, 2, 20, 20)
+    shape: tuple[int, ...] = (2, 2, 20, 20)  # [N, C, H, W] or [N, C, D, H, W]
     inputs: str = "random_logits"
     options: dict[str, Any] = field(default_factory=dict)
     finite_differences: bool = False
@@ -77,9 +81,10 @@ def coarse_binary(shape: tuple[int, ...], rng: np.random.Generator, block: int =
     """A binary target drawn on ``block``-pixel squares, like real segments. Max pooling by 3
     turns a per-pixel coin flip into an all-ones map (each window holds a 1 with probability
     1 - 2**-9), which leaves the RMI term constant with a zero gradient."""
-    n, c, h, w = shape
-    coarse = rng.random((n, c, -(-h // block), -(-w // block))) < 0.5
-    return np.kron(coarse, np.ones((block, block)))[..., :h, :w].astype(np.float64)
+    n, c, *spatial = shape
+    coarse = rng.random((n, c, *(-(-size // block) for size in spatial))) < 0.5
+    blocks = np.kron(coarse, np.ones((block,) * len(spatial)))
+    return blocks[(Ellipsis, *(slice(0, size) for size in spatial))].astype(np.float64)
 
 
 def saturated_unique_maxima(shape: tuple[int, ...], rng: np.random.Generator):
@@ -99,13 +104,17 @@ def saturated_unique_maxima(shape: tuple[int, ...], rng: np.random.Generator):
 
 
 def blocks_mask(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """``[N, H, W]``: example 0 loses a band on the right, the others a rectangle and the bottom
-    rows (padding- and unlabelled-region-like), placed relative to the size."""
-    n, _, h, w = shape
-    valid = np.ones((n, h, w), bool)
-    valid[0, :, int(0.7 * w) :] = False
-    valid[1:, int(0.15 * h) : int(0.3 * h), int(0.1 * w) : int(0.4 * w)] = False
-    valid[1:, int(0.8 * h) :] = False
+    """``[N, *spatial]``: example 0 loses a band on the right, the others a rectangle (a box in
+    the first half of the slices of a volume) and the bottom rows (padding- and
+    unlabelled-region-like), placed relative to the size."""
+    n, _, *spatial = shape
+    h, w = spatial[-2:]
+    depth = (slice(0, max(1, spatial[0] // 2)),) if len(spatial) == 3 else ()
+    valid = np.ones((n, *spatial), bool)
+    box = (slice(int(0.15 * h), int(0.3 * h)), slice(int(0.1 * w), int(0.4 * w)))
+    valid[0, ..., int(0.7 * w) :] = False
+    valid[(slice(1, None), *depth, *box)] = False
+    valid[1:, ..., int(0.8 * h) :, :] = False
     return valid
 
 
@@ -286,6 +295,61 @@ CASES = [
     ),
     Case("mask-blocks-bce1", mask="blocks", options={"bce_weight": 1.0}, finite_differences=True),
     Case("mask-all-valid", mask="all_valid"),
+    # Volumes [N, C, D, H, W]: cubic and anisotropic (thick-slice) regions, every downsampling,
+    # masks, and the hard near-perfect cases at stride 1 (3x3x3 regions: 54x54 joint matrices)
+    # and stride 3.
+    Case(
+        "volume-radius2-stride2",
+        shape=(1, 2, 8, 8, 8),
+        options={"radius": 2, "stride": 2},
+        finite_differences=True,
+    ),
+    Case(
+        "volume-anisotropic-133",
+        shape=(1, 2, 4, 15, 15),
+        options={"radius": [1, 3, 3], "stride": [1, 3, 3]},
+        finite_differences=True,
+    ),
+    Case(
+        "volume-avg-soft",
+        shape=(1, 2, 8, 8, 8),
+        inputs="soft_targets",
+        options={"radius": 2, "stride": 2, "downsampling_method": "avg"},
+        finite_differences=True,
+    ),
+    Case(
+        "volume-region-extraction-probabilities",
+        shape=(1, 2, 8, 9, 9),
+        inputs="random_probabilities",
+        options={"radius": 2, "stride": 2, "downsampling_method": "region-extraction"},
+        finite_differences=True,
+    ),
+    Case(
+        "volume-mask-blocks",
+        shape=(2, 1, 8, 10, 10),
+        mask="blocks",
+        options={"radius": 2, "stride": 2},
+        finite_differences=True,
+    ),
+    Case(
+        "volume-mask-sparse-anisotropic-avg",
+        shape=(2, 2, 6, 14, 13),
+        mask="sparse",
+        options={"radius": [2, 3, 3], "stride": 1, "downsampling_method": "avg"},
+    ),
+    Case("volume-defaults-odd", shape=(2, 2, 15, 17, 16)),
+    Case(
+        "volume-near-perfect-stride1",
+        inputs="near_perfect",
+        shape=(1, 2, 6, 8, 8),
+        options={"bce_weight": 0.0, "stride": 1},
+    ),
+    Case(
+        "volume-near-perfect-stride3",
+        inputs="near_perfect",
+        shape=(1, 2, 18, 24, 24),
+        options={"bce_weight": 0.0},
+    ),
 ]
 
 
@@ -334,7 +398,7 @@ class LabelCase:
     """
 
     name: str
-    shape: tuple[int, int, int, int] = (2, 3, 18, 18)
+    shape: tuple[int, ...] = (2, 3, 18, 18)  # [N, C, H, W] or [N, C, D, H, W]
     labels: str = "random"
     ignored: float = 0.1
     out_of_range: float = 0.05
@@ -354,28 +418,31 @@ BLOCK_SIDE = 5
 
 
 def make_labels(case: LabelCase, rng: np.random.Generator) -> np.ndarray:
-    """``[N, H, W]`` int64 labels for ``case``, ignored pixels included."""
-    n, c, h, w = case.shape
+    """``[N, *spatial]`` int64 labels for ``case``, ignored pixels included."""
+    n, c, *spatial = case.shape
+    h = spatial[-2]
     if case.labels == "blocks":
-        grid = rng.integers(0, c, (n, -(-h // BLOCK_SIDE), -(-w // BLOCK_SIDE)))
-        labels = grid.repeat(BLOCK_SIDE, axis=1).repeat(BLOCK_SIDE, axis=2)[:, :h, :w]
+        grid = rng.integers(0, c, (n, *(-(-size // BLOCK_SIDE) for size in spatial)))
+        for axis in range(1, grid.ndim):
+            grid = grid.repeat(BLOCK_SIDE, axis=axis)
+        labels = grid[(slice(None), *(slice(0, size) for size in spatial))]
     else:
-        labels = rng.integers(0, c, (n, h, w))
+        labels = rng.integers(0, c, (n, *spatial))
     ignore_index = case.options.get("ignore_index", 255)
-    draw = rng.random((n, h, w))
+    draw = rng.random((n, *spatial))
     labels = np.where(draw < case.ignored, ignore_index, labels)
-    beyond = c + rng.integers(0, 5, (n, h, w))
+    beyond = c + rng.integers(0, 5, (n, *spatial))
     labels = np.where(
         (draw >= case.ignored) & (draw < case.ignored + case.out_of_range), beyond, labels
     )
     if case.labels == "ignored_blocks":
         # Blocks, not scattered pixels: windows free of ignored pixels must remain.
         labels = np.where(blocks_mask(case.shape, rng), labels, ignore_index)
-        labels[1:, int(0.8 * h) :] = c + 2  # out of range: ignored as well
+        labels[1:, ..., int(0.8 * h) :, :] = c + 2  # out of range: ignored as well
     if case.labels in ("few_valid", "all_ignored"):
         keep = FEW_VALID_PIXELS if case.labels == "few_valid" else 0
         flat = labels.reshape(n, -1)
-        order = rng.permutation(h * w)
+        order = rng.permutation(flat.shape[1])
         flat[:, order[keep:]] = ignore_index
         flat[:, order[:keep]] = rng.integers(0, c, (n, keep))
     return labels.astype(np.int64)
@@ -383,8 +450,13 @@ def make_labels(case: LabelCase, rng: np.random.Generator) -> np.ndarray:
 
 def make_label_logits(labels: np.ndarray, num_classes: int, rng: np.random.Generator):
     """Logits that lean towards the labels (as a trained model's do), plus noise."""
-    one_hot = (labels[:, None] == np.arange(num_classes)[None, :, None, None]).astype(np.float64)
+    one_hot = (labels[:, None] == class_axis(num_classes, labels.ndim - 1)).astype(np.float64)
     return 3.0 * (one_hot - 0.5) + 1.5 * rng.standard_normal(one_hot.shape)
+
+
+def class_axis(num_classes: int, spatial_rank: int) -> np.ndarray:
+    """The class numbers along axis 1 of an ``[N, C, *spatial]`` array."""
+    return np.arange(num_classes).reshape(1, -1, *(1 for _ in range(spatial_rank)))
 
 
 # Saturated label logits: this magnitude, a wrong sign on this share of the entries.
@@ -395,7 +467,7 @@ SATURATED_WRONG_SHARE = 0.2
 def saturated_label_logits(labels: np.ndarray, num_classes: int, rng: np.random.Generator):
     """Logits whose sigmoid is exactly 1 in float32 (0 to 4e-18 below), mostly on the labels'
     side: the BCE gradient is then -+1 where wrong, and the RMI term's nearly 0 everywhere."""
-    one_hot = labels[:, None] == np.arange(num_classes)[None, :, None, None]
+    one_hot = labels[:, None] == class_axis(num_classes, labels.ndim - 1)
     wrong = rng.random(one_hot.shape) < SATURATED_WRONG_SHARE
     return np.where(one_hot ^ wrong, SATURATED_LOGIT, -SATURATED_LOGIT)
 
@@ -530,6 +602,53 @@ LABEL_CASES = [
         for way in (0, 1, 2)
         for size in (2, 3, 4)
     ),
+    # Label volumes [N, D, H, W]: every pool way (2 is a trilinear resize), anisotropic regions
+    # and pooling, scattered ignored voxels left in or excluded.
+    LabelCase(
+        "volume-anisotropic-133",
+        shape=(1, 2, 4, 15, 15),
+        labels="blocks",
+        options={"rmi_radius": [1, 3, 3], "rmi_pool_size": [1, 3, 3], "rmi_pool_stride": [1, 3, 3]},
+        finite_differences=True,
+    ),
+    LabelCase(
+        "volume-avg-pool2",
+        shape=(1, 2, 8, 8, 8),
+        options={"rmi_pool_way": 1, "rmi_radius": 2, "rmi_pool_size": 2, "rmi_pool_stride": 2},
+        finite_differences=True,
+    ),
+    LabelCase(
+        "volume-interp-pool2",
+        shape=(1, 2, 8, 10, 10),
+        options={"rmi_pool_way": 2, "rmi_radius": 2, "rmi_pool_size": 2, "rmi_pool_stride": 2},
+        finite_differences=True,
+    ),
+    LabelCase(
+        "volume-interp-anisotropic-odd",
+        shape=(2, 2, 5, 33, 29),
+        options={
+            "rmi_pool_way": 2,
+            "rmi_radius": [1, 3, 3],
+            "rmi_pool_size": [1, 4, 4],
+            "rmi_pool_stride": [1, 4, 4],
+        },
+    ),
+    *(
+        LabelCase(
+            f"volume-exclude-ignored-scattered-way{way}",
+            shape=(2, 3, 10, 14, 14),
+            ignored=0.004,
+            out_of_range=0.001,
+            options={
+                "exclude_ignored": True,
+                "rmi_pool_way": way,
+                "rmi_radius": 2,
+                "rmi_pool_size": 2,
+                "rmi_pool_stride": 2,
+            },
+        )
+        for way in (0, 1, 2)
+    ),
 ]
 
 
@@ -575,20 +694,30 @@ def build_label_fixture(case: LabelCase) -> Fixture:
     )
 
 
-def write(fixtures, pattern: str) -> None:
-    """Replace the files matching ``pattern`` by ``fixtures``, one line of summary each."""
-    for stale in FIXTURE_DIR.glob(pattern):
-        stale.unlink()
+def write(fixtures, stale: str) -> None:
+    """Write ``fixtures``, after removing the files matching ``stale`` (none if empty), one line
+    of summary each."""
+    for path in FIXTURE_DIR.glob(stale) if stale else ():
+        path.unlink()
     for fixture in fixtures:
         path = save_fixture(fixture)
         fd = "" if fixture.grad_fd is None else " +fd"
         print(f"{path.name:55s} value={fixture.value: .12g}{fd}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Every fixture, or (``python -m parity_tests.make_fixtures PATTERN``) only those whose file
+    name matches the glob ``PATTERN``, e.g. ``"*-volume-*"`` after adding volume cases."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pattern", nargs="?", default="*", help="file names to (re)write")
+    pattern = parser.parse_args(argv).pattern
     FIXTURE_DIR.mkdir(exist_ok=True)
-    write(map(build_fixture, CASES), "dense-*.npz")
-    write(map(build_label_fixture, LABEL_CASES), "labels-*.npz")
+    for prefix, cases, build in (
+        ("dense", CASES, build_fixture),
+        ("labels", LABEL_CASES, build_label_fixture),
+    ):
+        chosen = [c for c in cases if fnmatch.fnmatch(f"{prefix}-{c.name}.npz", pattern)]
+        write(map(build, chosen), f"{prefix}-*.npz" if pattern == "*" else "")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 reference.
 
 The fixtures' maps are small, and small maps take region vectors
-(``rmi_core.options.LAG_PRODUCTS_MIN_WINDOWS``), so these tests lower that size to 0 and send
+(``rmi_core.numerics.LAG_PRODUCTS_MIN_WINDOWS``), so these tests lower that size to 0 and send
 every fixture whose statistics can come from lag products (windows at spacing 1, no weights)
 through them: float32 and float64 JAX, and float64 PyTorch (its float32 route never takes them).
 """
@@ -39,7 +39,7 @@ from parity_tests.tolerances import (
     f32_grad_rtol,
     relative_error,
 )
-from rmi_core import options
+from rmi_core import geometry, numerics
 
 
 def _dense_lags(fixture: Fixture) -> bool:
@@ -48,12 +48,18 @@ def _dense_lags(fixture: Fixture) -> bool:
         fixture.options.get(name, defaults[name].default)
         for name in ("downsampling_method", "stride")
     )
-    return fixture.valid_mask is None and options.window_step(method, stride) == 1
+    return fixture.valid_mask is None and geometry.window_step(method, (stride, stride))[0] == 1
 
 
 LABELS = "labels"
-FIXTURES = [f for f in load_fixtures() if _dense_lags(f)]
-FIXTURES += [f for f in load_fixtures("labels-*.npz") if not f.options.get("exclude_ignored")]
+# Images only: volumes never take lag products (numerics.uses_lag_products).
+IMAGES = [f for f in load_fixtures() if f.pred.ndim == 4]
+FIXTURES = [f for f in IMAGES if _dense_lags(f)]
+FIXTURES += [
+    f
+    for f in load_fixtures("labels-*.npz")
+    if f.pred.ndim == 4 and not f.options.get("exclude_ignored")
+]
 # By default: the defaults on logits and on labels (each with an FD gradient), radius 1 and 4,
 # average pooling, a near-singular map at stride 1, saturated probabilities, the smallest maps.
 DEFAULT = {
@@ -73,12 +79,12 @@ SUBSET = [f for f in FIXTURES if f.name in DEFAULT]
 
 
 # The size users get, read before the fixture below lowers it.
-SHIPPED_MIN_WINDOWS = options.LAG_PRODUCTS_MIN_WINDOWS
+SHIPPED_MIN_WINDOWS = numerics.LAG_PRODUCTS_MIN_WINDOWS
 
 
 @pytest.fixture(autouse=True)
 def _lag_products_for_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(options, "LAG_PRODUCTS_MIN_WINDOWS", 0)
+    monkeypatch.setattr(numerics, "LAG_PRODUCTS_MIN_WINDOWS", 0)
 
 
 def _value_and_grad(fixture: Fixture, backend: str, *, double: bool):
@@ -95,11 +101,14 @@ def test_maps_from_the_shipped_size_up_take_lag_products() -> None:
     side = math.isqrt(SHIPPED_MIN_WINDOWS) + 2
     assert math.isqrt(SHIPPED_MIN_WINDOWS) ** 2 == SHIPPED_MIN_WINDOWS
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(options, "LAG_PRODUCTS_MIN_WINDOWS", SHIPPED_MIN_WINDOWS)
-        assert options.uses_lag_products(side, side, 3, 1, weighted=False)
-        assert not options.uses_lag_products(side - 1, side, 3, 1, weighted=False)
-        assert not options.uses_lag_products(4 * side, 4 * side, 3, 2, weighted=False)
-        assert not options.uses_lag_products(4 * side, 4 * side, 3, 1, weighted=True)
+        patch.setattr(numerics, "LAG_PRODUCTS_MIN_WINDOWS", SHIPPED_MIN_WINDOWS)
+        box, spacing = (3, 3), (1, 1)
+        assert numerics.uses_lag_products((side, side), box, spacing, weighted=False)
+        assert not numerics.uses_lag_products((side - 1, side), box, spacing, weighted=False)
+        assert not numerics.uses_lag_products((4 * side,) * 2, box, (2, 2), weighted=False)
+        assert not numerics.uses_lag_products((4 * side,) * 2, box, spacing, weighted=True)
+        # Volumes, however large, take region vectors.
+        assert not numerics.uses_lag_products((side,) * 3, (3, 3, 3), (1, 1, 1), weighted=False)
 
 
 def _count_lag_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -131,7 +140,7 @@ def _both_losses(fixture: Fixture) -> tuple[float, float]:
 
 @pytest.mark.parametrize("min_windows", [0, SHIPPED_MIN_WINDOWS], ids=["lowered", "shipped"])
 def test_the_size_picks_the_route_in_both_backends(monkeypatch, min_windows: int) -> None:
-    monkeypatch.setattr(options, "LAG_PRODUCTS_MIN_WINDOWS", min_windows)
+    monkeypatch.setattr(numerics, "LAG_PRODUCTS_MIN_WINDOWS", min_windows)
     calls = _count_lag_calls(monkeypatch)
     fixture = next(f for f in FIXTURES if f.name == "dense-default-logits")  # 4x4 windows
     jax_value, torch_value = _both_losses(fixture)

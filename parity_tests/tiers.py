@@ -34,6 +34,11 @@ DEFAULT_DENSE = {
     "dense-c1": "one class",
     "dense-saturated-max": "probabilities exactly 0 and 1 (the clip's bounds), FD gradient",
     "dense-saturated-pixel-pair": "the smallest map, two windows of one pixel, saturated",
+    "dense-volume-anisotropic-133": "a volume, 1x3x3 regions and pooling, FD gradient",
+    "dense-volume-avg-soft": "a volume, average pooling, soft targets, FD gradient",
+    "dense-volume-region-extraction-probabilities": "a volume, region extraction, FD gradient",
+    "dense-volume-mask-sparse-anisotropic-avg": "a volume, scattered mask, 2x3x3 regions",
+    "dense-volume-near-perfect-stride1": "a volume, near-singular 54x54 statistics, stride 1",
 }
 DEFAULT_LABELS = {
     "labels-default": "the defaults (max pooling by 3, radius 3), FD gradient",
@@ -52,6 +57,13 @@ DEFAULT_LABELS = {
     "labels-ignore-index-in-range": "an ignore_index that is a class number",
     "labels-odd-33x29-avg-pool2": "one example, average pooling by 2, odd sizes",
     "labels-saturated": "saturated logits (sigmoid exactly 1 in float32), FD gradient",
+    "labels-volume-anisotropic-133": "a label volume, 1x3x3 regions and pooling, FD gradient",
+    "labels-volume-avg-pool2": "a label volume, way 1 by 2, FD gradient",
+    "labels-volume-interp-pool2": "a label volume, way 2 (trilinear) by 2, FD gradient",
+    "labels-volume-interp-anisotropic-odd": "a label volume, way 2 by 1x4x4, odd sizes",
+    "labels-volume-exclude-ignored-scattered-way0": "scattered ignored voxels excluded, way 0",
+    "labels-volume-exclude-ignored-scattered-way1": "scattered ignored voxels excluded, way 1",
+    "labels-volume-exclude-ignored-scattered-way2": "scattered ignored voxels excluded, way 2",
 }
 # The equivalence tests' few fixtures by default: plain, masked, and near-singular statistics
 # (where float32 rounding matters most).
@@ -106,19 +118,20 @@ def features(fixture: Fixture) -> set[tuple]:
     """What a fixture exercises: every option value, and the cases that take their own route."""
     options = effective_options(fixture)
     found = {("option", name, value) for name, value in options.items()}
-    n, c, h, w = fixture.pred.shape
+    n, c, *spatial = fixture.pred.shape
     found |= {
         ("finite-difference gradient", fixture.grad_fd is not None),
         ("near-singular", fixture.degenerate),
         ("one example", n == 1),
         ("one class", c == 1),
-        ("odd size", h % 2 == 1 or w % 2 == 1),
+        ("odd size", any(size % 2 == 1 for size in spatial)),
+        ("spatial axes", len(spatial)),
     }
     route = options.get("rmi_pool_way", options.get("downsampling_method"))
     if fixture.grad_fd is not None:
-        found.add(("finite-difference gradient through", route))
+        found.add(("finite-difference gradient through", route, len(spatial)))
     if fixture.valid_mask is not None:
         found.add(("mask with", route))
     if options.get("exclude_ignored"):
-        found.add(("exclude_ignored with pool way", route))
+        found.add(("exclude_ignored with pool way", route, len(spatial)))
     return found

@@ -5,7 +5,7 @@ from rmi_core import require_framework
 
 require_framework("jax", "JAX", extra="jax")
 
-from rmi_core.options import LossTerms  # noqa: E402
+from rmi_core.terms import LossTerms  # noqa: E402
 from rmi_jax.api import rmi_loss  # noqa: E402
 from rmi_jax.labels import rmi_loss_from_labels  # noqa: E402
 

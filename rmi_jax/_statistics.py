@@ -10,7 +10,7 @@ Where the platform has float64 (CPU, GPU), ``Z Z^T`` is summed in float64 from t
 formed from region vectors in float32 (docs/computation.md#lag-products):
 
 - windows at spacing 1 without weights (the default: max or average pooling, no mask), on maps
-  of at least ``options.LAG_PRODUCTS_MIN_WINDOWS`` windows (smaller ones take region vectors,
+  of at least ``numerics.LAG_PRODUCTS_MIN_WINDOWS`` windows (smaller ones take region vectors,
   which compile and run faster there): each
   entry is a sum of a *lag product* ``x(u) x'(u + delta)`` over a shifted grid, and the shifted
   grids share their bulk, so each lag product is summed once over the bulk and once over the
@@ -44,8 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
-from rmi_core import lags, options
-from rmi_core.options import maps_per_chunk, shift_units, window_grid
+from rmi_core import lags, numerics
+from rmi_core.geometry import Sizes, region_size, window_grid
+from rmi_core.numerics import maps_per_chunk, shift_units
 from rmi_jax._windows import region_vectors
 
 _FULL_PRECISION = jax.lax.Precision.HIGHEST
@@ -87,8 +88,8 @@ def _gradient_weights(r: jnp.ndarray, r_inv: jnp.ndarray, offset: float) -> jnp.
     return _matmul(r_inv * weight[..., None, :], jnp.swapaxes(r_inv, -1, -2))
 
 
-def _joint_vectors(p_maps, y_maps, window_weights, radius: int, step: int):
-    """Centred ``[P; Y]`` region vectors ``[..., 2d, L]`` of two ``[..., H, W]`` maps.
+def _joint_vectors(p_maps, y_maps, window_weights, radius: Sizes, step: Sizes):
+    """Centred ``[P; Y]`` region vectors ``[..., 2d, L]`` of two maps ``[..., *spatial]``.
 
     With ``window_weights`` (``[..., L]``, 0 or 1), windows of weight 0 leave the centring and
     become zero columns, so they leave every covariance too; ``None`` keeps every window.
@@ -103,14 +104,14 @@ def _joint_vectors(p_maps, y_maps, window_weights, radius: int, step: int):
     return (z - mean) * weights
 
 
-def _map_chunks(function, arrays, radius: int, step: int, maps: jnp.ndarray):
+def _map_chunks(function, arrays, radius: Sizes, step: Sizes, maps: jnp.ndarray):
     """``function`` of one region matrix's arrays, mapped over the flattened leading axes of
     ``arrays`` (a pytree whose leaves share ``maps``' leading axes), as the platform runs best:
     cache-sized chunks on CPU, one batch (or chunks of the accelerator budget) elsewhere."""
-    lead = maps.shape[:-2]
+    lead = maps.shape[: -len(radius)]
     flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[len(lead) :]), arrays)
     num_maps = math.prod(lead)
-    windows = math.prod(window_grid(*maps.shape[-2:], radius, step))
+    windows = math.prod(window_grid(maps.shape[-len(radius) :], radius, step))
 
     def within(budget_key: str):
         def run(flat_arrays):
@@ -118,8 +119,9 @@ def _map_chunks(function, arrays, radius: int, step: int, maps: jnp.ndarray):
                 # A symbolic (shape-polymorphic) size: the number of chunks would be symbolic
                 # too, so everything goes in one batch.
                 return jax.vmap(function)(flat_arrays)
-            budget = options.CHUNK_BYTES[budget_key]
-            size = maps_per_chunk(num_maps, windows, radius, maps.dtype.itemsize, budget)
+            budget = numerics.CHUNK_BYTES[budget_key]
+            d = region_size(radius)
+            size = maps_per_chunk(num_maps, windows, d, maps.dtype.itemsize, budget)
             if size == num_maps:
                 return jax.vmap(function)(flat_arrays)
             return jax.lax.map(function, flat_arrays, batch_size=size)
@@ -130,13 +132,13 @@ def _map_chunks(function, arrays, radius: int, step: int, maps: jnp.ndarray):
     return jax.tree.map(lambda x: x.reshape(*lead, *x.shape[1:]), outputs)
 
 
-def _region_vectors_transpose(vectors, maps, radius: int, step: int) -> jnp.ndarray:
+def _region_vectors_transpose(vectors, maps, radius: Sizes, step: Sizes) -> jnp.ndarray:
     """Region-vector values ``[..., d, L]`` summed back onto maps shaped like ``maps``."""
     _, pullback = jax.vjp(partial(region_vectors, radius=radius, step=step), maps)
     return pullback(vectors)[0]
 
 
-def _map_gradients(vectors_of, p, y, scaled_weights, radius: int, step: int):
+def _map_gradients(vectors_of, p, y, scaled_weights, radius: Sizes, step: Sizes):
     """The gradients of both maps from ``2 g W`` (``scaled_weights``, ``[..., 2d, 2d]``) and the
     centred region vectors ``z = vectors_of(p, y)``: ``2 g W Z`` folded back onto each map.
 
@@ -144,7 +146,7 @@ def _map_gradients(vectors_of, p, y, scaled_weights, radius: int, step: int):
     with respect to the raw region vectors, so the centring needs no backward. The rows of each
     map are formed apart, so an unused target gradient is dropped under jit.
     """
-    d = radius * radius
+    d = region_size(radius)
     z = vectors_of(p, y)
     return tuple(
         _region_vectors_transpose(_matmul(scaled_weights[..., rows, :], z), m, radius, step)
@@ -424,11 +426,11 @@ def _widen(parts: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
 
 
 @lru_cache
-def _lag_steps(radius: int, epsilon: float, offset: float):
+def _lag_steps(radius: Sizes, epsilon: float, offset: float):
     """The forward and backward of :func:`_lag_log_det` for these options, in float64."""
 
     def plan_of(maps):
-        return lags.plan(maps.shape[1:], (radius,) * (maps.ndim - 1))
+        return lags.plan(maps.shape[1:], radius)
 
     def forward(p_maps, y_maps):
         gram, means = _lag_gram(plan_of(p_maps), (p_maps, y_maps))
@@ -465,13 +467,13 @@ def _lag_log_det_bwd(radius, epsilon, offset, residuals, cotangent):
 _lag_log_det.defvjp(_lag_log_det_fwd, _lag_log_det_bwd)
 
 
-def _float64_vectors(p, y, window_weights, radius: int, step: int):
+def _float64_vectors(p, y, window_weights, radius: Sizes, step: Sizes):
     cast = (None if x is None else x.astype(jnp.float64) for x in (p, y, window_weights))
     return _joint_vectors(*cast, radius, step)
 
 
 @lru_cache
-def _window_steps(radius: int, step: int, epsilon: float, offset: float):
+def _window_steps(radius: Sizes, step: Sizes, epsilon: float, offset: float):
     """The forward and backward of :func:`_window_log_det` for these options, in float64."""
 
     def forward(p_maps, y_maps, window_weights):
@@ -585,17 +587,20 @@ _two_pass_log_det.defvjp(_two_pass_log_det_fwd, _two_pass_log_det_bwd)
 def region_log_det(p_maps, y_maps, window_weights, radius, step, epsilon, offset):
     """``sum(log(diag(chol(M + eps I)) + offset))`` for each leading index of two maps, with
     float64 sums and algebra: lag products for windows at spacing 1 without weights on large
-    enough maps (``options.uses_lag_products``), weighted region vectors otherwise.
+    enough maps (``numerics.uses_lag_products``), weighted region vectors otherwise.
 
-    ``p_maps``, ``y_maps``: ``[..., H, W]`` (downsampled) probability and target maps, whose
-    ``radius x radius`` windows at spacing ``step`` are the region vectors. ``window_weights``:
+    ``p_maps``, ``y_maps``: ``[..., *spatial]`` (downsampled) probability and target maps,
+    whose ``radius`` box windows at spacing ``step`` (one entry per spatial axis) are the region
+    vectors. ``window_weights``:
     ``None``, or ``[..., L]`` 0/1 weights of those windows (0 drops a window from the statistics;
     not differentiated). With ``offset = 0`` this is ``logdet(M + eps I) / 2``; the reference's
     "log trace" route uses ``offset = 1e-8``. The result has the maps' dtype.
     """
-    if options.uses_lag_products(*p_maps.shape[-2:], radius, step, window_weights is not None):
-        lead = p_maps.shape[:-2]
-        flat = [m.reshape(-1, *m.shape[-2:]) for m in (p_maps, y_maps)]
+    rank = len(radius)
+    spatial = p_maps.shape[-rank:]
+    if numerics.uses_lag_products(spatial, radius, step, window_weights is not None):
+        lead = p_maps.shape[:-rank]
+        flat = [m.reshape(-1, *spatial) for m in (p_maps, y_maps)]
         return _lag_log_det(*flat, radius, epsilon, offset).reshape(lead)
     return _window_log_det(p_maps, y_maps, window_weights, radius, step, epsilon, offset)
 
@@ -605,14 +610,14 @@ def lower_bound(
     y_maps: jnp.ndarray,
     window_weights: jnp.ndarray | None,
     *,
-    radius: int,
-    step: int,
+    radius: Sizes,
+    step: Sizes,
     epsilon: float,
     offset: float,
     dtype,
 ) -> jnp.ndarray:
-    """``0.5 logdet(M + eps I) / d`` per example and class of downsampled ``[N, C, H, W]`` maps,
-    ``[N, C]``, in ``dtype`` (float32, or float64 for float64 statistics).
+    """``0.5 logdet(M + eps I) / d`` per example and class of downsampled ``[N, C, *spatial]``
+    maps, ``[N, C]``, in ``dtype`` (float32, or float64 for float64 statistics).
 
     ``window_weights``: ``None`` or ``[N, L]`` 0/1 weights of the windows, shared by the classes.
     On CPU and GPU the statistics run in float64 whatever ``dtype``; on TPU in float32.
@@ -632,4 +637,4 @@ def lower_bound(
 
     # 0.5 * logdet = sum(log(diag(chol))), so the 0.5 and the 2 of the reference cancel.
     log_det = jax.lax.platform_dependent(*maps, tpu=two_pass_float32, default=float64_statistics)
-    return log_det / (radius * radius)
+    return log_det / region_size(radius)

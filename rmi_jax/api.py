@@ -6,25 +6,25 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from rmi_core.geometry import Sizes, dense_window_grid, window_step
+from rmi_core.numerics import CHOLESKY_LOG_OFFSET, check_epsilon
 from rmi_core.options import (
-    CHOLESKY_LOG_OFFSET,
     DownsamplingMethod,
-    LossTerms,
     Reduction,
+    SpatialOption,
     call_options,
-    channels_first_shape,
     check_dense_options,
+    is_array,
+    per_axis,
+)
+from rmi_core.shapes import (
+    channels_first_shape,
     check_dense_shapes,
-    check_epsilon,
     check_floating,
     check_mask_shape,
     check_rank,
-    combine_terms,
-    dense_window_grid,
-    is_array,
-    terms_to_compute,
-    window_step,
 )
+from rmi_core.terms import LossTerms, combine_terms, terms_to_compute
 from rmi_jax._bce import bce_per_example
 from rmi_jax._statistics import lower_bound
 from rmi_jax._windows import downsample, masked_window_weights
@@ -35,10 +35,10 @@ def rmi_loss(
     target: ArrayLike,
     *,
     with_logits: bool,
-    radius: int = 3,
+    radius: SpatialOption = 3,
     bce_weight: float | ArrayLike = 0.5,
     downsampling_method: DownsamplingMethod = "max",
-    stride: int = 3,
+    stride: SpatialOption = 3,
     use_log_trace: bool = True,
     use_double_precision: bool = False,
     epsilon: float = 5e-4,
@@ -61,6 +61,9 @@ def rmi_loss(
     :math:`(1 - w) \sum_c \ell_{nc} + w \cdot \mathrm{mean}(\mathrm{BCE})` with
     :math:`w` = ``bce_weight``. It matches the ``rmi-pytorch`` package's ``RMILoss``.
     The value can be negative; only its gradient matters for training.
+    Volumes (rank 5) work alike, with :math:`R_d \times R_h \times R_w` boxes (``radius`` and
+    ``stride`` may give one value per spatial axis, for images too; docs/semantics.md,
+    "Volumes and per-axis regions").
 
     The log-determinant comes from a QR factorisation of the centred data with
     :math:`\sqrt{\epsilon} I` rows appended, never from squared data, with every product at full
@@ -74,35 +77,39 @@ def rmi_loss(
     ``1 + 1e-6`` is harmless. See ``docs/semantics.md`` for the semantics in full.
 
     Args:
-      pred: logits (``with_logits=True``) or probabilities, rank 4, ``[N, H, W, C]`` by default.
-        Any floating dtype; bfloat16 and float16 are computed in float32.
+      pred: logits (``with_logits=True``) or probabilities: images of rank 4, ``[N, H, W, C]``
+        by default, or volumes of rank 5, ``[N, D, H, W, C]``. Any floating dtype; bfloat16 and
+        float16 are computed in float32.
       target: same shape as ``pred``; binary or soft per-class targets in ``[0, 1]``.
       with_logits: apply a sigmoid to ``pred`` (and use the stable BCE with logits).
-      radius: side ``R`` of the square regions.
+      radius: side ``R`` of the square (cubic) regions, or a tuple of sides, one per spatial
+        axis (``(R_h, R_w)`` or ``(R_d, R_h, R_w)``: boxes, ``d`` their number of cells).
       bce_weight: weight ``w`` in ``[0, 1]`` of the BCE term; ``1 - w`` weights the RMI term. A
         Python number, or a scalar array that may be traced (a schedule inside a jitted step
         does not recompile; then both terms are always computed, and the value is not checked).
       downsampling_method: ``"max"`` or ``"avg"`` pooling (kernel = stride, padding
         ``stride // 2``) before extracting regions, or ``"region-extraction"``: no pooling,
         regions taken every ``stride`` pixels.
-      stride: downsampling factor; 1 disables downsampling.
+      stride: downsampling factor, or a tuple of one per spatial axis; 1 disables downsampling
+        (along that axis).
       use_log_trace: take the log-determinant as ``2 sum(log(diag(chol) + 1e-8))`` as the
         reference does by default; ``False`` gives the plain log-determinant.
       use_double_precision: compute the statistics in float64. Requires ``jax_enable_x64``.
         float64 inputs are always computed in float64.
       epsilon: the ridge added to both covariance matrices; at least
-        ``rmi_core.options.minimum_epsilon`` for the dtype of the statistics and the map size
+        ``rmi_core.numerics.minimum_epsilon`` for the dtype of the statistics and the map size
         (about 1e-8 to 1e-4 in float32 for maps of 1e3 to 1e6 windows).
       channel_axis: axis of ``pred`` holding the classes (``-1`` NHWC, ``1`` NCHW; any axis but
         the batch axis 0).
       reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"``.
       valid_mask: optional boolean mask, the shape of ``pred`` without its channel axis
-        (``[N, H, W]``); ``False`` marks pixels to leave out (unlabelled, padding). Masked pixels
-        leave the BCE mean, and every region window touching one (after downsampling, a pooled
-        cell is masked if any pixel under it is) leaves the statistics: centring and
-        covariances use the remaining windows only. Their values never matter. Each example
-        needs one window free of masked pixels: that is checked (``ValueError``) when the mask
-        is concrete; a traced mask (under ``jit`` or ``vmap``) without one gives NaN.
+        (``[N, H, W]``, ``[N, D, H, W]`` for volumes); ``False`` marks pixels to leave out
+        (unlabelled, padding). Masked pixels leave the BCE mean, and every region window
+        touching one (after downsampling, a pooled cell is masked if any pixel under it is)
+        leaves the statistics: centring and covariances use the remaining windows only. Their
+        values never matter. Each example needs one window free of masked pixels: that is
+        checked (``ValueError``) when the mask is concrete; a traced mask (under ``jit`` or
+        ``vmap``) without one gives NaN.
       return_terms: return ``LossTerms(total, bce, rmi)`` instead of the total: the loss and
         its two unweighted terms, each reduced like the loss (``total = w bce + (1 - w) rmi``),
         for logging; both terms are then computed whatever the weight.
@@ -128,7 +135,7 @@ def rmi_loss(
     check_dense_options(**call_options(locals(), ("pred", "target", "valid_mask", "channel_axis")))
     pred, target = jnp.asarray(pred), jnp.asarray(target)
     mask = None if valid_mask is None else jnp.asarray(valid_mask)
-    nchw = _check_inputs(
+    channels_first, radius, stride = _check_inputs(
         pred,
         target,
         mask,
@@ -142,7 +149,7 @@ def rmi_loss(
     # reference does; statistics in float32 unless float64 was asked for or given.
     work_dtype = jnp.promote_types(pred.dtype, jnp.float32)
     stats_dtype = jnp.float64 if use_double_precision else work_dtype
-    grid = dense_window_grid(*nchw[2:], radius, downsampling_method, stride)
+    grid = dense_window_grid(channels_first[2:], radius, downsampling_method, stride)
     check_epsilon_in(stats_dtype, epsilon, radius, grid)
     pred, target = pred.astype(work_dtype), target.astype(work_dtype)
     # Full-size work happens in the caller's layout; only the pooled maps are moved to NCHW, so
@@ -224,8 +231,8 @@ def weight_in(weight, dtype):
     return jnp.asarray(weight, dtype) if is_array(weight) else weight
 
 
-def check_epsilon_in(dtype, epsilon: float, radius: int, grid: tuple[int, int]) -> None:
-    """:func:`rmi_core.options.check_epsilon` for statistics in ``dtype``."""
+def check_epsilon_in(dtype, epsilon: float, radius: Sizes, grid: Sizes) -> None:
+    """:func:`rmi_core.numerics.check_epsilon` for statistics in ``dtype``."""
     unit_roundoff, name = float(jnp.finfo(dtype).eps), jnp.dtype(dtype).name
     check_epsilon(epsilon, radius=radius, grid=grid, unit_roundoff=unit_roundoff, dtype_name=name)
 
@@ -244,9 +251,17 @@ def check_x64(use_double_precision: bool) -> None:
         )
 
 
+# The layouts of each rank, as the messages describe them.
+LAYOUTS = {
+    4: "images, [N, H, W, C] or [N, C, H, W] with channel_axis=1",
+    5: "volumes, [N, D, H, W, C] or [N, C, D, H, W] with channel_axis=1",
+}
+
+
 def check_prediction(name: str, x: jnp.ndarray, channel_axis: object) -> tuple[int, ...]:
-    """Rank 4, a floating dtype and a valid ``channel_axis``; returns the NCHW shape."""
-    check_rank(name, x.shape, "[N, H, W, C] or [N, C, H, W] with channel_axis=1")
+    """Rank 4 or 5, a floating dtype and a valid ``channel_axis``; returns the shape in
+    ``[N, C, *spatial]`` order."""
+    check_rank(name, x.shape, LAYOUTS)
     check_floating(name, jnp.issubdtype(x.dtype, jnp.floating), str(x.dtype))
     return channels_first_shape(name, x.shape, channel_axis)
 
@@ -256,16 +271,25 @@ def _check_inputs(
     target: jnp.ndarray,
     mask: jnp.ndarray | None,
     *,
-    radius: int,
+    radius: SpatialOption,
     method: str,
-    stride: int,
+    stride: SpatialOption,
     channel_axis: object,
-) -> tuple[int, ...]:
+) -> tuple[tuple[int, ...], Sizes, Sizes]:
     """Check ranks, shapes, dtypes and that a region fits (shapes only: runs at trace time);
-    returns the prediction's shape in NCHW order."""
-    nchw = check_prediction("pred", pred, channel_axis)
+    returns the prediction's shape in ``[N, C, *spatial]`` order, and ``radius`` and
+    ``stride`` per spatial axis."""
+    channels_first = check_prediction("pred", pred, channel_axis)
+    rank = pred.ndim - 2
+    radius, stride = per_axis("radius", radius, rank), per_axis("stride", stride, rank)
     check_dense_shapes(
-        "pred", nchw, pred.shape, target.shape, radius=radius, method=method, stride=stride
+        "pred",
+        channels_first,
+        pred.shape,
+        target.shape,
+        radius=radius,
+        method=method,
+        stride=stride,
     )
     if jnp.issubdtype(target.dtype, jnp.complexfloating):
         raise TypeError(f"target must have a floating, integer or bool dtype, got {target.dtype}")
@@ -273,4 +297,4 @@ def _check_inputs(
         check_mask_shape("pred", mask.shape, pred.shape, channel_axis)
         if mask.dtype != jnp.bool_:
             raise TypeError(f"valid_mask must have dtype bool, got {mask.dtype}")
-    return nchw
+    return channels_first, radius, stride

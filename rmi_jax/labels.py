@@ -6,19 +6,11 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from rmi_core.options import (
-    LABEL_EPSILON,
-    PROBABILITY_OFFSET,
-    LossTerms,
-    call_options,
-    check_label_options,
-    check_label_shapes,
-    combine_terms,
-    label_rmi_term,
-    label_term_weights,
-    label_window_grid,
-    terms_to_compute,
-)
+from rmi_core.geometry import label_window_grid
+from rmi_core.labels import LABEL_EPSILON, PROBABILITY_OFFSET, label_rmi_term, label_term_weights
+from rmi_core.options import SpatialOption, call_options, check_label_options, per_axis
+from rmi_core.shapes import check_label_shapes
+from rmi_core.terms import LossTerms, combine_terms, terms_to_compute
 from rmi_jax import _statistics, _windows
 from rmi_jax._bce import label_bce
 from rmi_jax.api import (
@@ -35,10 +27,10 @@ def rmi_loss_from_labels(
     labels: ArrayLike,
     *,
     num_classes: int,
-    rmi_radius: int = 3,
+    rmi_radius: SpatialOption = 3,
     rmi_pool_way: int = 0,
-    rmi_pool_size: int = 3,
-    rmi_pool_stride: int = 3,
+    rmi_pool_size: SpatialOption = 3,
+    rmi_pool_stride: SpatialOption = 3,
     loss_weight_lambda: float | ArrayLike = 0.5,
     lambda_way: int = 1,
     ignore_index: int = 255,
@@ -65,19 +57,22 @@ def rmi_loss_from_labels(
     as points of the region statistics, as in the authors' code, unless ``exclude_ignored``.
     The value can be negative; it is NaN if a logit is NaN or infinite (ignored pixels
     included).
+    Label volumes (``[N, D, H, W]`` with rank-5 logits) work alike, with boxes for regions; the
+    spatial options may give one value per axis.
 
     Args:
-      logits: ``[N, H, W, C]`` by default (``[N, C, H, W]`` with ``channel_axis=1``); any
-        floating dtype, bfloat16 and float16 computed in float32.
-      labels: integer class indices, ``[N, H, W]``.
+      logits: ``[N, H, W, C]`` images or ``[N, D, H, W, C]`` volumes by default (classes
+        first with ``channel_axis=1``); any floating dtype, bfloat16 and float16 computed in
+        float32.
+      labels: integer class indices, ``[N, H, W]`` (``[N, D, H, W]`` for volumes).
       num_classes: number of classes ``C``; must equal the channel count of ``logits``.
-      rmi_radius: side ``R`` of the square regions.
+      rmi_radius: side ``R`` of the square (cubic) regions, or one side per spatial axis.
       rmi_pool_way: downsampling before the regions: 0 max pooling, 1 average pooling (kernel =
         stride = ``rmi_pool_stride``, padding ``stride // 2``, padded zeros counted), 2 resize to
-        ``(H // stride, W // stride)``, nearest for the target and bilinear with aligned corners
-        for the probabilities.
+        ``(H // stride, W // stride)`` (volumes: ``D // stride`` too), nearest for the target and
+        bilinear (trilinear) with aligned corners for the probabilities.
       rmi_pool_size: the pooling kernel; must equal ``rmi_pool_stride``.
-      rmi_pool_stride: downsampling factor; 1 disables downsampling.
+      rmi_pool_stride: downsampling factor, or one per spatial axis; 1 disables downsampling.
       loss_weight_lambda: :math:`\lambda` in ``[0, 1]``: a Python number, or a scalar array
         that may be traced (no recompilation when it changes; both terms are then computed).
       lambda_way: how :math:`\lambda` combines the two terms (1 or 0, see above).
@@ -116,9 +111,14 @@ def rmi_loss_from_labels(
     """
     check_label_options(**call_options(locals(), ("logits", "labels", "channel_axis")))
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    nchw = check_prediction("logits", logits, channel_axis)
+    channels_first = check_prediction("logits", logits, channel_axis)
+    rank = logits.ndim - 2
+    rmi_radius, rmi_pool_stride = (
+        per_axis(name, value, rank)
+        for name, value in (("rmi_radius", rmi_radius), ("rmi_pool_stride", rmi_pool_stride))
+    )
     check_label_shapes(
-        nchw,
+        channels_first,
         logits.shape,
         labels.shape,
         num_classes=num_classes,
@@ -134,11 +134,11 @@ def rmi_loss_from_labels(
     # statistics in float32 unless float64 was asked for or given.
     work_dtype = jnp.promote_types(logits.dtype, jnp.float32)
     stats_dtype = jnp.float64 if use_double_precision else work_dtype
-    grid = label_window_grid(*nchw[2:], rmi_radius, rmi_pool_way, rmi_pool_stride)
+    grid = label_window_grid(channels_first[2:], rmi_radius, rmi_pool_way, rmi_pool_stride)
     check_epsilon_in(stats_dtype, LABEL_EPSILON, rmi_radius, grid)
     logits = jnp.moveaxis(logits, channel_axis, 1).astype(work_dtype)
     valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
-    classes = jnp.arange(num_classes)[None, :, None, None]
+    classes = jnp.arange(num_classes).reshape(1, -1, *(1 for _ in range(rank)))
     target = ((labels[:, None] == classes) & valid[:, None]).astype(work_dtype)
 
     bce_weight, rmi_weight = label_term_weights(

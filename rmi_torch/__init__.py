@@ -5,7 +5,7 @@ from rmi_core import require_framework
 
 require_framework("torch", "PyTorch", extra="torch")
 
-from rmi_core.options import LossTerms  # noqa: E402
+from rmi_core.terms import LossTerms  # noqa: E402
 from rmi_torch.api import RMILoss, rmi_loss  # noqa: E402
 from rmi_torch.labels import LabelRMILoss, rmi_loss_from_labels  # noqa: E402
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from rmi_core.geometry import Sizes
 from rmi_torch._windows import max_pool_with_indices
 
 # Where softplus may return its input unchanged: exp(-40) is below float64 rounding of 40.
@@ -50,7 +51,7 @@ class _ProbabilityBCE(torch.autograd.Function):
 
 class _LogitBCESums(torch.autograd.Function):
     """Per-example sums of the elementwise BCE with logits over the entries ``mask`` keeps, and,
-    for ``pool_stride > 0``, the logits max-pooled by that stride (else an empty tensor).
+    for a ``pool_stride`` (per axis), the logits max-pooled by it (else an empty tensor).
 
     PyTorch's own ``binary_cross_entropy_with_logits`` is several full-size passes each way;
     here the forward is two (``softplus(x) - x y``, then the sum) and the backward three
@@ -60,7 +61,7 @@ class _LogitBCESums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, y, mask, pool_stride: int):
+    def forward(ctx, x, y, mask, pool_stride: Sizes | None):
         # softplus(x) = max(x, 0) + log1p(exp(-|x|)); above the threshold it returns x, whose
         # error exp(-x) < 5e-18 is below float64 rounding, and exp(40) cannot overflow float32.
         elementwise = F.softplus(x, threshold=_SOFTPLUS_EXACT_ABOVE).addcmul_(x, y, value=-1.0)
@@ -91,25 +92,30 @@ class _LogitBCESums(torch.autograd.Function):
         return grad_x, grad_y, None, None
 
 
+# The channels-last memory format of images and of volumes.
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def _add_at_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
-    """``grad[n, c, h, w] += values[n, c, i, j]`` at each pooled cell's maximum, ``(h, w) =
-    divmod(indices[n, c, i, j], W)`` (``max_pool2d``'s indices), in place.
+    """``grad[n, c, *u] += values[n, c, *v]`` at each pooled cell's maximum ``u``, the flat
+    index ``indices[n, c, *v]`` into its map (``max_pool2d``'s and ``max_pool3d``'s indices),
+    in place.
 
     ``grad`` is an elementwise result, so dense in memory, but in the layout of the input.
-    NCHW and channels_last scatter into a view of it; any other layout (a transposed view, say)
-    gets each cell's memory offset from the strides. No layout is copied into another, and the
-    common layouts build no full-size index tensor. Kernel = stride: the windows do not overlap,
-    so no two cells share a pixel.
+    Channels-first and channels-last scatter into a view of it; any other layout (a transposed
+    view, say) gets each cell's memory offset from the strides. No layout is copied into
+    another, and the common layouts build no full-size index tensor. Kernel = stride: the
+    windows do not overlap, so no two cells share a pixel.
     """
     batch, channels = grad.shape[:2]
     if grad.is_contiguous():
         planes = grad.view(batch, channels, -1)
         planes.scatter_add_(2, indices.flatten(2), values.flatten(2))
-    elif grad.is_contiguous(memory_format=torch.channels_last):
-        last = (0, 2, 3, 1)  # NCHW -> NHWC: the memory order of all three tensors
+    elif grad.is_contiguous(memory_format=_CHANNELS_LAST[grad.dim()]):
+        last = (0, *range(2, grad.dim()), 1)  # the memory order of all three tensors
         pixels = grad.permute(last).view(batch, -1, channels)
         pixels.scatter_add_(
-            1, indices.permute(last).flatten(1, 2), values.permute(last).flatten(1, 2)
+            1, indices.permute(last).flatten(1, -2), values.permute(last).flatten(1, -2)
         )
     else:
         _add_at_strided_maxima(grad, indices, values)
@@ -117,13 +123,15 @@ def _add_at_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tens
 
 def _add_at_strided_maxima(grad: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
     """:func:`_add_at_maxima` for any dense layout, through each cell's memory offset."""
-    batch, channels, _, width = grad.shape
-    device = indices.device
-    stride_n, stride_c, stride_h, stride_w = grad.stride()
-    rows, cols = torch.div(indices, width, rounding_mode="floor"), indices % width
-    offsets = rows.mul_(stride_h).add_(cols.mul_(stride_w))
-    offsets += torch.arange(batch, device=device).view(-1, 1, 1, 1) * stride_n
-    offsets += torch.arange(channels, device=device).view(1, -1, 1, 1) * stride_c
+    device, spatial = indices.device, grad.dim() - 2
+    offsets = torch.zeros_like(indices)
+    remaining = indices.clone()
+    for size, stride in zip(reversed(grad.shape[2:]), reversed(grad.stride()[2:]), strict=True):
+        offsets += (remaining % size) * stride  # the flat index, last axis first
+        remaining = torch.div(remaining, size, rounding_mode="floor")
+    ones = (1,) * spatial
+    offsets += torch.arange(grad.shape[0], device=device).view(-1, 1, *ones) * grad.stride(0)
+    offsets += torch.arange(grad.shape[1], device=device).view(1, -1, *ones) * grad.stride(1)
     storage = grad.as_strided((grad.numel(),), (1,), grad.storage_offset())
     storage.index_add_(0, offsets.flatten(), values.flatten())
 
@@ -133,12 +141,12 @@ def bce_per_example(
     target: torch.Tensor,
     with_logits: bool,
     mask: torch.Tensor | None = None,
-    pool_stride: int = 0,
+    pool_stride: Sizes | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean elementwise BCE over all but the leading (batch) axis: ``[N, ...] -> [N]``.
 
     With a boolean ``mask`` (broadcastable to ``input``) each example's mean is over its true
-    entries only. The second result is, for logits and ``pool_stride > 0``, the logits max-pooled
+    entries only. The second result is, for logits and a ``pool_stride``, the logits max-pooled
     by that stride, computed alongside (see ``_LogitBCESums``); otherwise ``None``.
     """
     if mask is not None:

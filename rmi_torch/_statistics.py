@@ -9,7 +9,7 @@ matrix ``J = Z Z^T + eps I`` has the posterior covariance plus ``eps I`` (``M + 
 The factor ``R`` (``R^T R = J``) comes from a shifted Cholesky QR in two passes of the data
 ``A = [Z^T; sqrt(eps) I]``, never from ``J`` alone: ``J`` is squared data, and in float32 it rounds
 away the ``eps``-sized information the loss is made of. Pass one factors ``J + shift I`` with a
-shift of a few rounding units of ``trace(J)`` (``rmi_core.options.shift_units``), so it cannot
+shift of a few rounding units of ``trace(J)`` (``rmi_core.numerics.shift_units``), so it cannot
 fail; pass two factors the Gram matrix of the well-conditioned ``A R1^-1``, recomputed from the
 data; ``R = R2 R1``. The same algorithm as ``rmi_jax._statistics``, so both backends round
 alike. Every product runs in true float32 (or float64) whatever the caller's
@@ -17,7 +17,7 @@ alike. Every product runs in true float32 (or float64) whatever the caller's
 
 float64 statistics of windows at spacing 1 without weights (the drop-in default,
 ``use_double_precision=True``, with max or average pooling and no mask) on maps of at least
-``options.LAG_PRODUCTS_MIN_WINDOWS`` windows come from lag products instead (``rmi_core.lags``,
+``numerics.LAG_PRODUCTS_MIN_WINDOWS`` windows come from lag products instead (``rmi_core.lags``,
 docs/computation.md#lag-products): no region vectors, one factor of the exact float64 Gram.
 float32 statistics keep the two-pass route: in eager PyTorch on the CPU,
 float64 lag products cost more than float32 region vectors and their products (measured:
@@ -26,7 +26,7 @@ float64 lag products cost more than float32 region vectors and their products (m
 On the CPU the maps are taken a few at a time, building their region vectors inside the chunk,
 so the ``2d``-fold copy of the maps is never held whole (fresh memory that size costs more to
 touch than the products on it); the backward pass rebuilds them the same way. Accelerators take
-all maps at once, up to a memory budget (``rmi_core.options.CHUNK_BYTES``).
+all maps at once, up to a memory budget (``rmi_core.numerics.CHUNK_BYTES``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from rmi_core import lags, options
-from rmi_core.options import maps_per_chunk, shift_units, window_grid
+from rmi_core import lags, numerics
+from rmi_core.geometry import Sizes, region_size, window_grid
+from rmi_core.numerics import maps_per_chunk, shift_units
 from rmi_torch._windows import fold_windows, region_vectors
 
 # The float32 matmul settings that the statistics override, as (object, attribute) pairs: the
@@ -158,28 +159,30 @@ def _gradient_weights(r: torch.Tensor, r_inv: torch.Tensor, offset: float) -> to
     return (r_inv * weight[..., None, :]) @ r_inv.mT
 
 
-def _joint_vectors(p_maps, y_maps, window_weights, radius: int, step: int, dtype) -> torch.Tensor:
-    """Centred ``[P; Y]`` region vectors ``[M, 2d, L]`` of ``[M, H, W]`` maps, in ``dtype``,
+def _joint_vectors(
+    p_maps, y_maps, window_weights, radius: Sizes, step: Sizes, dtype
+) -> torch.Tensor:
+    """Centred ``[P; Y]`` region vectors ``[M, 2d, L]`` of ``[M, *spatial]`` maps, in ``dtype``,
     built straight into one buffer; ``window_weights``: ``None`` or ``[M, L]``."""
     p_windows = region_vectors(p_maps.unsqueeze(1), radius, step)[:, 0]
     z = torch.empty((p_maps.shape[0], 2, *p_windows.shape[1:]), dtype=dtype, device=p_maps.device)
     z[:, 0].copy_(p_windows)
     z[:, 1].copy_(region_vectors(y_maps.unsqueeze(1), radius, step)[:, 0])
-    return _centre_(z.view(p_maps.shape[0], 2 * radius * radius, -1), window_weights)
+    return _centre_(z.view(p_maps.shape[0], 2 * region_size(radius), -1), window_weights)
 
 
-def _chunks(maps: torch.Tensor, radius: int, step: int, dtype) -> list[slice]:
-    """Slices of the ``M`` maps of ``[M, H, W]`` ``maps``: cache-sized on the CPU, as large as
-    the accelerator budget allows elsewhere."""
+def _chunks(maps: torch.Tensor, radius: Sizes, step: Sizes, dtype) -> list[slice]:
+    """Slices of the ``M`` maps of ``[M, *spatial]`` ``maps``: cache-sized on the CPU, as large
+    as the accelerator budget allows elsewhere."""
     count = maps.shape[0]
-    rows, cols = window_grid(*maps.shape[-2:], radius, step)
+    windows = math.prod(window_grid(maps.shape[1:], radius, step))
     itemsize = torch.finfo(dtype).bits // 8
-    budget = options.CHUNK_BYTES["cpu" if maps.device.type == "cpu" else "accelerator"]
-    size = maps_per_chunk(count, rows * cols, radius, itemsize, budget)
+    budget = numerics.CHUNK_BYTES["cpu" if maps.device.type == "cpu" else "accelerator"]
+    size = maps_per_chunk(count, windows, region_size(radius), itemsize, budget)
     return [slice(start, start + size) for start in range(0, count, size)]
 
 
-def _vectors_by_chunk(p_maps, y_maps, window_weights, radius: int, step: int, dtype):
+def _vectors_by_chunk(p_maps, y_maps, window_weights, radius: Sizes, step: Sizes, dtype):
     """``(chunk, region vectors of its maps)`` for each chunk of :func:`_chunks`."""
     for chunk in _chunks(p_maps, radius, step, dtype):
         weights = None if window_weights is None else window_weights[chunk]
@@ -189,7 +192,7 @@ def _vectors_by_chunk(p_maps, y_maps, window_weights, radius: int, step: int, dt
 class _RegionLogDet(torch.autograd.Function):
     """The log-determinant of each map pair's regions, with the closed-form backward.
 
-    Works on the ``[M, H, W]`` maps of :func:`region_log_det`, a chunk at a time. The centring
+    Works on the ``[M, *spatial]`` maps of :func:`region_log_det`, a chunk at a time. The centring
     needs no backward of its own: the gradient ``2 W Z`` with respect to the centred ``Z`` has
     zero (weighted) mean over the windows, because ``Z`` has, so it is also the gradient with
     respect to the raw vectors. The backward forms only the rows of ``2 W Z`` whose maps need a
@@ -214,7 +217,7 @@ class _RegionLogDet(torch.autograd.Function):
     def backward(ctx, cotangent: torch.Tensor):
         p_maps, y_maps, window_weights, weights = ctx.saved_tensors
         radius, step, dtype = ctx.options
-        d = radius * radius
+        d = region_size(radius)
         grads = [
             torch.empty_like(p_maps, dtype=dtype) if ctx.needs_input_grad[i] else None
             for i in (0, 1)
@@ -227,7 +230,7 @@ class _RegionLogDet(torch.autograd.Function):
                 for i, grad in enumerate(grads):
                     if grad is not None:
                         vectors = (scaled[:, i * d : (i + 1) * d] @ z).unsqueeze(1)
-                        folded = fold_windows(vectors, p_maps.shape[-2:], radius, step)
+                        folded = fold_windows(vectors, p_maps.shape[1:], radius, step)
                         grad[chunk] = folded[:, 0]
         return (*grads, None, None, None, None, None, None)
 
@@ -488,7 +491,7 @@ class _LagLogDet(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p_maps, y_maps, radius, epsilon, offset, dtype):
-        plan = lags.plan(tuple(p_maps.shape[1:]), (radius,) * (p_maps.ndim - 1))
+        plan = lags.plan(tuple(p_maps.shape[1:]), radius)
         maps = (p_maps.double(), y_maps.double())
         sums = _lag_window_sums(plan, maps).flatten(1)
         count = math.prod(plan.grid)
@@ -522,17 +525,18 @@ class _LagLogDet(torch.autograd.Function):
 def region_log_det(p_maps, y_maps, window_weights, radius, step, epsilon, offset, dtype):
     """``sum(log(diag(chol(M + eps I)) + offset))`` for each ``(n, c)`` of two maps, ``[N, C]``.
 
-    ``p_maps``, ``y_maps``: ``[N, C, H, W]`` (downsampled) probability and target maps, whose
-    ``radius x radius`` windows at spacing ``step`` are the region vectors, taken in ``dtype``.
+    ``p_maps``, ``y_maps``: ``[N, C, *spatial]`` (downsampled) probability and target maps,
+    whose ``radius`` box windows at spacing ``step`` (one entry per spatial axis) are the region
+    vectors, taken in ``dtype``.
     ``window_weights``: ``None``, or ``[N, L]`` 0/1 weights of those windows, shared by the
     classes (0 drops a window from the statistics). With ``offset = 0`` this is
     ``logdet(M + eps I) / 2``; the reference's "log trace" route uses ``offset = 1e-8``.
     float64 statistics of windows at spacing 1 without weights come from lag products on large
-    enough maps (``options.uses_lag_products``).
+    enough maps (``numerics.uses_lag_products``).
     """
     n, c = p_maps.shape[:2]
-    lag_products = options.uses_lag_products(
-        *p_maps.shape[-2:], radius, step, window_weights is not None
+    lag_products = numerics.uses_lag_products(
+        tuple(p_maps.shape[2:]), radius, step, window_weights is not None
     )
     if lag_products and dtype == torch.float64:
         flat = [maps.reshape(n * c, *maps.shape[2:]) for maps in (p_maps, y_maps)]
@@ -549,14 +553,14 @@ def lower_bound(
     y_maps: torch.Tensor,
     window_weights: torch.Tensor | None,
     *,
-    radius: int,
-    step: int,
+    radius: Sizes,
+    step: Sizes,
     epsilon: float,
     offset: float,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """``0.5 logdet(M + eps I) / d`` per example and class of downsampled ``[N, C, H, W]`` maps,
-    ``[N, C]``, with the statistics in ``dtype``.
+    """``0.5 logdet(M + eps I) / d`` per example and class of downsampled ``[N, C, *spatial]``
+    maps, ``[N, C]``, with the statistics in ``dtype``.
 
     ``window_weights``: ``None`` or ``[N, L]`` 0/1 weights of the windows, shared by the classes.
     Autocast is switched off here: it would run the matrix products in bfloat16 or float16,
@@ -567,4 +571,4 @@ def lower_bound(
         log_det = region_log_det(
             p_maps, y_maps, window_weights, radius, step, epsilon, offset, dtype
         )
-    return log_det / (radius * radius)
+    return log_det / region_size(radius)

@@ -6,24 +6,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rmi_core.geometry import Sizes, dense_window_grid, window_step
+from rmi_core.numerics import CHOLESKY_LOG_OFFSET, check_epsilon
 from rmi_core.options import (
-    CHOLESKY_LOG_OFFSET,
     DownsamplingMethod,
-    LossTerms,
     Reduction,
+    SpatialOption,
     call_options,
     check_dense_options,
-    check_dense_shapes,
-    check_epsilon,
-    check_floating,
-    check_mask_shape,
-    check_rank,
-    combine_terms,
-    dense_window_grid,
     is_array,
-    terms_to_compute,
-    window_step,
+    per_axis,
 )
+from rmi_core.shapes import check_dense_shapes, check_floating, check_mask_shape, check_rank
+from rmi_core.terms import LossTerms, combine_terms, terms_to_compute
 from rmi_torch._bce import bce_per_example
 from rmi_torch._statistics import lower_bound
 from rmi_torch._windows import downsample, masked_window_weights
@@ -34,10 +29,10 @@ def rmi_loss(
     target: torch.Tensor,
     *,
     with_logits: bool,
-    radius: int = 3,
+    radius: SpatialOption = 3,
     bce_weight: float | torch.Tensor = 0.5,
     downsampling_method: DownsamplingMethod = "max",
-    stride: int = 3,
+    stride: SpatialOption = 3,
     use_log_trace: bool = True,
     use_double_precision: bool = True,
     epsilon: float = 5e-4,
@@ -54,6 +49,9 @@ def rmi_loss(
     :math:`\ell_{nc} = \log\det(M + \epsilon I) / (2d)`. The per-example loss is
     :math:`(1 - w) \sum_c \ell_{nc} + w \cdot \mathrm{mean}(\mathrm{BCE})`, as in the
     ``rmi-pytorch`` package's ``RMILoss``; it can be negative.
+    Volumes (rank 5) work alike, with :math:`R_d \times R_h \times R_w` boxes (``radius`` and
+    ``stride`` may give one value per spatial axis, for images too; docs/semantics.md,
+    "Volumes and per-axis regions").
 
     The log-determinant comes from a QR factorisation of the centred data with
     :math:`\sqrt{\epsilon} I` rows appended (never from squared data), its products in true
@@ -67,25 +65,28 @@ def rmi_loss(
     ``1 + 1e-6`` is harmless. See ``docs/semantics.md`` for the semantics in full.
 
     Args:
-      input: logits (``with_logits=True``) or probabilities, ``[N, C, H, W]``, floating dtype.
+      input: logits (``with_logits=True``) or probabilities, images ``[N, C, H, W]`` or volumes
+        ``[N, C, D, H, W]``, floating dtype.
       target: same shape; binary or soft per-class targets in ``[0, 1]``.
       with_logits: apply a sigmoid to ``input`` (and use BCE with logits).
-      radius: side ``R`` of the square regions.
+      radius: side ``R`` of the square (cubic) regions, or a tuple of sides, one per spatial
+        axis (``(R_h, R_w)`` or ``(R_d, R_h, R_w)``: boxes, ``d`` their number of cells).
       bce_weight: weight ``w`` in ``[0, 1]`` of the BCE term; ``1 - w`` weights the RMI term. A
         Python number or a 0-d tensor (then both terms are always computed, and the value is
         not checked).
       downsampling_method: ``"max"`` or ``"avg"`` pooling (kernel = stride, padding
         ``stride // 2``), or ``"region-extraction"`` (regions every ``stride`` pixels).
-      stride: downsampling factor; 1 disables downsampling.
+      stride: downsampling factor, or a tuple of one per spatial axis; 1 disables downsampling
+        (along that axis).
       use_log_trace: log-determinant as ``2 sum(log(diag(chol) + 1e-8))`` (the reference's
         default); ``False`` gives the plain log-determinant.
       use_double_precision: compute the statistics in float64 (float64 inputs always are).
       epsilon: the ridge added to both covariance matrices; at least
-        ``rmi_core.options.minimum_epsilon`` for the dtype of the statistics and the map size.
+        ``rmi_core.numerics.minimum_epsilon`` for the dtype of the statistics and the map size.
       reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"``.
-      valid_mask: optional boolean ``[N, H, W]`` mask; ``False`` marks pixels to leave out
-        (unlabelled, padding). Masked pixels leave the BCE mean, and every region window
-        touching one (after downsampling, a pooled cell is masked if any pixel under it is)
+      valid_mask: optional boolean ``[N, H, W]`` (``[N, D, H, W]``) mask; ``False`` marks pixels
+        to leave out (unlabelled, padding). Masked pixels leave the BCE mean, and every region
+        window touching one (after downsampling, a pooled cell is masked if any pixel under it is)
         leaves the statistics: centring and covariances use the remaining windows only. Their
         values never matter. An example without a window of valid pixels is a ``ValueError``.
       return_terms: return ``LossTerms(total, bce, rmi)`` instead of the total: the loss and
@@ -108,14 +109,14 @@ def rmi_loss(
       NeurIPS 2019. https://arxiv.org/abs/1910.12037
     """
     check_dense_options(**call_options(locals(), ("input", "target", "valid_mask")))
-    _check_inputs(
+    radius, stride = _check_inputs(
         input, target, valid_mask, radius=radius, method=downsampling_method, stride=stride
     )
     # Elementwise work (BCE, sigmoid, pooling) in the input precision but at least float32, as the
     # reference does; statistics in float32 unless float64 was asked for or given.
     work_dtype = torch.promote_types(input.dtype, torch.float32)
     stats_dtype = torch.float64 if use_double_precision else work_dtype
-    grid = dense_window_grid(*input.shape[2:], radius, downsampling_method, stride)
+    grid = dense_window_grid(tuple(input.shape[2:]), radius, downsampling_method, stride)
     check_epsilon_in(stats_dtype, epsilon, radius, grid)
     input, target = input.to(work_dtype), target.to(work_dtype)
     pixel_mask = window_mask = None
@@ -141,7 +142,7 @@ def rmi_loss(
     need_bce, need_rmi = terms_to_compute(bce_weight, 1.0 - bce_weight, return_terms)
     # The sigmoid is increasing, so it commutes with max pooling: pooling the logits first
     # applies it to a stride**2 times smaller map and keeps no full-size copy for autograd.
-    pool_logits = with_logits and downsampling_method == "max" and stride > 1
+    pool_logits = with_logits and downsampling_method == "max" and max(stride) > 1
     bce = rmi = pooled_logits = None
     if need_bce:
         # Unlike rmi_jax, the BCE pools the logits for the RMI term in passing: its backward
@@ -151,7 +152,7 @@ def rmi_loss(
             target,
             with_logits,
             pixel_mask,
-            pool_stride=stride if pool_logits and need_rmi else 0,
+            pool_stride=stride if pool_logits and need_rmi else None,
         )
         bce = bce.to(stats_dtype)
         # The BCE of logits is NaN or infinite wherever an input is: it flags them for free.
@@ -243,10 +244,10 @@ class RMILoss(OptionsModule):
     def __init__(
         self,
         with_logits: bool,
-        radius: int = 3,
+        radius: SpatialOption = 3,
         bce_weight: float = 0.5,
         downsampling_method: DownsamplingMethod = "max",
-        stride: int = 3,
+        stride: SpatialOption = 3,
         use_log_trace: bool = True,
         use_double_precision: bool = True,
         epsilon: float = 0.0005,
@@ -263,8 +264,8 @@ class RMILoss(OptionsModule):
         return rmi_loss(input, target, valid_mask=valid_mask, **self.options())
 
 
-def check_epsilon_in(dtype: torch.dtype, epsilon: float, radius: int, grid) -> None:
-    """:func:`rmi_core.options.check_epsilon` for statistics in ``dtype``."""
+def check_epsilon_in(dtype: torch.dtype, epsilon: float, radius: Sizes, grid: Sizes) -> None:
+    """:func:`rmi_core.numerics.check_epsilon` for statistics in ``dtype``."""
     unit_roundoff, name = torch.finfo(dtype).eps, _dtype_name(dtype)
     check_epsilon(epsilon, radius=radius, grid=grid, unit_roundoff=unit_roundoff, dtype_name=name)
 
@@ -274,20 +275,33 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# The layouts of each rank, as the messages describe them.
+LAYOUTS = {4: "images, [N, C, H, W]", 5: "volumes, [N, C, D, H, W]"}
+
+
 def check_prediction(name: str, x: object) -> tuple[int, ...]:
-    """A tensor of rank 4 (NCHW) with a floating dtype; returns its shape."""
+    """A tensor of rank 4 (NCHW) or 5 (NCDHW) with a floating dtype; returns its shape."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    check_rank(name, tuple(x.shape), "[N, C, H, W]")
+    check_rank(name, tuple(x.shape), LAYOUTS)
     check_floating(name, x.is_floating_point(), _dtype_name(x.dtype))
     return tuple(x.shape)
 
 
 def _check_inputs(
-    input: object, target: object, mask: object, *, radius: int, method: str, stride: int
-) -> None:
-    """Check types, ranks, shapes, dtypes and that a region fits after downsampling."""
+    input: object,
+    target: object,
+    mask: object,
+    *,
+    radius: SpatialOption,
+    method: str,
+    stride: SpatialOption,
+) -> tuple[Sizes, Sizes]:
+    """Check types, ranks, shapes, dtypes and that a region fits after downsampling; returns
+    ``radius`` and ``stride`` per spatial axis."""
     shape = check_prediction("input", input)
+    rank = len(shape) - 2
+    radius, stride = per_axis("radius", radius, rank), per_axis("stride", stride, rank)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     check_dense_shapes(
@@ -303,3 +317,4 @@ def _check_inputs(
         check_mask_shape("input", tuple(mask.shape), shape, 1)
         if mask.dtype != torch.bool:
             raise TypeError(f"valid_mask must have dtype bool, got {_dtype_name(mask.dtype)}")
+    return radius, stride

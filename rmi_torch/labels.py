@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from rmi_core.options import (
-    LABEL_EPSILON,
-    PROBABILITY_OFFSET,
-    LossTerms,
-    call_options,
-    check_label_options,
-    check_label_shapes,
-    combine_terms,
-    label_rmi_term,
-    label_term_weights,
-    label_window_grid,
-    terms_to_compute,
-)
+from rmi_core.geometry import label_window_grid
+from rmi_core.labels import LABEL_EPSILON, PROBABILITY_OFFSET, label_rmi_term, label_term_weights
+from rmi_core.options import SpatialOption, call_options, check_label_options, per_axis
+from rmi_core.shapes import check_label_shapes
+from rmi_core.terms import LossTerms, combine_terms, terms_to_compute
 from rmi_torch import _statistics, _windows
 from rmi_torch._bce import label_bce
 from rmi_torch.api import (
@@ -34,10 +26,10 @@ def rmi_loss_from_labels(
     labels: torch.Tensor,
     *,
     num_classes: int,
-    rmi_radius: int = 3,
+    rmi_radius: SpatialOption = 3,
     rmi_pool_way: int = 0,
-    rmi_pool_size: int = 3,
-    rmi_pool_stride: int = 3,
+    rmi_pool_size: SpatialOption = 3,
+    rmi_pool_stride: SpatialOption = 3,
     loss_weight_lambda: float | torch.Tensor = 0.5,
     lambda_way: int = 1,
     ignore_index: int = 255,
@@ -58,19 +50,20 @@ def rmi_loss_from_labels(
     :math:`\lambda \mathrm{BCE} + (1 - \lambda) \mathrm{RMI}` (``lambda_way=1``) or
     :math:`\mathrm{BCE} + \lambda \mathrm{RMI}` (``lambda_way=0``). Ignored pixels still count
     as points of the region statistics, as in the authors' code, unless ``exclude_ignored``.
-    The value can be negative.
+    The value can be negative. Label volumes (``[N, D, H, W]`` with ``[N, C, D, H, W]`` logits)
+    work alike, with boxes for regions; the spatial options may give one value per axis.
 
     Args:
-      logits: ``[N, C, H, W]``, floating dtype.
-      labels: integer class indices, ``[N, H, W]``.
+      logits: ``[N, C, H, W]`` images or ``[N, C, D, H, W]`` volumes, floating dtype.
+      labels: integer class indices, ``[N, H, W]`` (``[N, D, H, W]`` for volumes).
       num_classes: number of classes ``C``; must equal ``logits.shape[1]``.
-      rmi_radius: side ``R`` of the square regions.
+      rmi_radius: side ``R`` of the square (cubic) regions, or one side per spatial axis.
       rmi_pool_way: downsampling before the regions: 0 max pooling, 1 average pooling (kernel =
         stride = ``rmi_pool_stride``, padding ``stride // 2``, padded zeros counted), 2 resize to
-        ``(H // stride, W // stride)``, nearest for the target and bilinear with aligned corners
-        for the probabilities.
+        ``(H // stride, W // stride)`` (volumes: ``D // stride`` too), nearest for the target and
+        bilinear (trilinear) with aligned corners for the probabilities.
       rmi_pool_size: the pooling kernel; must equal ``rmi_pool_stride``.
-      rmi_pool_stride: downsampling factor; 1 disables downsampling.
+      rmi_pool_stride: downsampling factor, or one per spatial axis; 1 disables downsampling.
       loss_weight_lambda: :math:`\lambda` in ``[0, 1]``, a Python number or a 0-d tensor.
       lambda_way: how :math:`\lambda` combines the two terms (1 or 0, see above).
       ignore_index: a label value to ignore besides those outside ``[0, num_classes)``.
@@ -102,6 +95,11 @@ def rmi_loss_from_labels(
     """
     check_label_options(**call_options(locals(), ("logits", "labels")))
     shape = check_prediction("logits", logits)
+    rank = len(shape) - 2
+    rmi_radius, rmi_pool_stride = (
+        per_axis(name, value, rank)
+        for name, value in (("rmi_radius", rmi_radius), ("rmi_pool_stride", rmi_pool_stride))
+    )
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     check_label_shapes(
@@ -122,11 +120,11 @@ def rmi_loss_from_labels(
     # statistics in float64 unless asked otherwise.
     work_dtype = torch.promote_types(logits.dtype, torch.float32)
     stats_dtype = torch.float64 if use_double_precision else work_dtype
-    grid = label_window_grid(*shape[2:], rmi_radius, rmi_pool_way, rmi_pool_stride)
+    grid = label_window_grid(shape[2:], rmi_radius, rmi_pool_way, rmi_pool_stride)
     check_epsilon_in(stats_dtype, LABEL_EPSILON, rmi_radius, grid)
     logits = logits.to(work_dtype)
     valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
-    classes = torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
+    classes = torch.arange(num_classes, device=labels.device).view(1, -1, *(1 for _ in range(rank)))
     target = ((labels.unsqueeze(1) == classes) & valid.unsqueeze(1)).to(work_dtype)
 
     bce_weight, rmi_weight = label_term_weights(
@@ -175,10 +173,10 @@ class LabelRMILoss(OptionsModule):
     def __init__(
         self,
         num_classes: int = 21,
-        rmi_radius: int = 3,
+        rmi_radius: SpatialOption = 3,
         rmi_pool_way: int = 0,
-        rmi_pool_size: int = 3,
-        rmi_pool_stride: int = 3,
+        rmi_pool_size: SpatialOption = 3,
+        rmi_pool_stride: SpatialOption = 3,
         loss_weight_lambda: float = 0.5,
         lambda_way: int = 1,
         ignore_index: int = 255,

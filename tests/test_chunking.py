@@ -22,7 +22,7 @@ from parity_tests.tolerances import (
     F64_SAME_MATH_RTOL,
     relative_error,
 )
-from rmi_core import options
+from rmi_core import numerics
 
 SHAPE = (2, 3, 24, 24)  # NCHW: six maps, chunks of four and two
 MAPS_PER_CHUNK = 4
@@ -70,9 +70,10 @@ def test_torch_chunks_equal_one_chunk(monkeypatch, masked: bool) -> None:
     pred, target, mask = inputs(masked)
     whole = torch_value_and_grad(pred, target, mask)
     chunk_bytes = MAPS_PER_CHUNK * BYTES_PER_MAP[torch.float64]
-    monkeypatch.setitem(options.CHUNK_BYTES, "cpu", chunk_bytes)
+    monkeypatch.setitem(numerics.CHUNK_BYTES, "cpu", chunk_bytes)
     maps = torch.zeros(6, 8, 8)
-    assert rmi_torch._statistics._chunks(maps, RADIUS, 1, torch.float64) == [
+    box, spacing = (RADIUS, RADIUS), (1, 1)
+    assert rmi_torch._statistics._chunks(maps, box, spacing, torch.float64) == [
         slice(0, 4),
         slice(4, 8),
     ]
@@ -87,8 +88,8 @@ def test_jax_chunks_equal_one_chunk(monkeypatch, masked: bool) -> None:
     pred, target, mask = inputs(masked)
     whole = jax_value_and_grad(pred, target, mask)
     chunk_bytes = MAPS_PER_CHUNK * BYTES_PER_MAP[jnp.float32]
-    monkeypatch.setitem(options.CHUNK_BYTES, "cpu", chunk_bytes)
-    assert options.maps_per_chunk(6, 36, RADIUS, 4, chunk_bytes) == MAPS_PER_CHUNK
+    monkeypatch.setitem(numerics.CHUNK_BYTES, "cpu", chunk_bytes)
+    assert numerics.maps_per_chunk(6, 36, RADIUS**2, 4, chunk_bytes) == MAPS_PER_CHUNK
     chunked = jax_value_and_grad(pred, target, mask)
     np.testing.assert_allclose(chunked[0], whole[0], rtol=F32_SAME_MATH_RTOL)
     np.testing.assert_allclose(

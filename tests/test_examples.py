@@ -63,6 +63,15 @@ def test_train_flax_runs_without_torch(tmp_path: Path) -> None:
 
 
 @pytest.mark.full
+def test_train_flax_3d_runs(tmp_path: Path) -> None:
+    run("examples/train_flax_3d.py", "--steps", str(SMOKE_STEPS), "--out", str(tmp_path))
+    report = json.loads((tmp_path / "train_flax_3d.json").read_text())
+    assert len(report["metrics"]) == 2
+    for metrics in report["metrics"].values():
+        assert 0.0 <= metrics["miou"] <= 1.0
+
+
+@pytest.mark.full
 def test_train_torch_runs(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     run("examples/train_torch.py", "--steps", str(SMOKE_STEPS), "--out", str(tmp_path))

@@ -9,7 +9,7 @@ import torch
 
 import rmi_jax
 import rmi_torch
-from rmi_core.options import minimum_label_input_size
+from rmi_core.geometry import minimum_label_input_shape
 
 GOOD = (2, 3, 12, 12)  # NCHW logits; JAX is called with channel_axis=1 so shapes are shared.
 GOOD_LABELS = (2, 12, 12)
@@ -212,7 +212,7 @@ MINIMUM_SIZE_CASES = [
 
 @pytest.mark.parametrize("backend, pool_way, stride, radius", MINIMUM_SIZE_CASES)
 def test_the_minimum_size_in_the_message_is_exact(backend, pool_way, stride, radius) -> None:
-    minimum = minimum_label_input_size(radius, pool_way, stride)
+    minimum = minimum_label_input_shape((radius,) * 2, pool_way, (stride,) * 2)[0]
     options = {
         "rmi_pool_way": pool_way,
         "rmi_pool_size": stride,

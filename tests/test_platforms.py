@@ -18,7 +18,7 @@ from jax import export
 
 import rmi_jax
 from parity_tests.tolerances import F32_SAME_MATH_ATOL, F32_SAME_MATH_RTOL, relative_error
-from rmi_core import options
+from rmi_core import numerics
 
 # The benchmark sizes of the platform issue: 8 examples, 21 classes, 256 and 512 pixels square.
 BENCHMARK_SHAPES = [(8, 256, 256, 21), (8, 512, 512, 21)]
@@ -94,6 +94,27 @@ def test_accelerators_never_loop_and_lag_products_nowhere(platform, loss_options
     assert loops(lowered(dense_loss(**loss_options), [shape, shape], platform)) == expected
 
 
+# The volume row of the benchmarks (channels last), and its anisotropic and label-map forms.
+VOLUME_SHAPE = (2, 64, 96, 96, 4)
+VOLUME_LOSSES = {
+    "cubic": dense_loss(),
+    "anisotropic-strided": dense_loss(radius=(1, 3, 3), stride=(1, 2, 2), **STRIDED),
+    "labels-trilinear": lambda logits, target: rmi_jax.rmi_loss_from_labels(
+        logits, jnp.argmax(target, -1), num_classes=4, rmi_pool_way=2
+    ),
+}
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@pytest.mark.parametrize("name", list(VOLUME_LOSSES))
+def test_volumes_run_at_full_precision_in_one_batch(platform, name) -> None:
+    # 3x3x3 regions make 54x54 joint matrices: every product at full precision, no chunk loop.
+    module = lowered(VOLUME_LOSSES[name], [VOLUME_SHAPE, VOLUME_SHAPE], platform)
+    dots = dot_generals(module)
+    assert dots and all(any(p in dot for p in FULL_PRECISION) for dot in dots), dots
+    assert loops(module) == 0
+
+
 def test_one_export_serves_each_platform_its_own_way() -> None:
     shape = BENCHMARK_SHAPES[0]
     specs = [jax.ShapeDtypeStruct(shape, jnp.float32)] * 2
@@ -112,9 +133,9 @@ def test_accelerator_branch_forced_on_cpu_matches_the_cpu_branch(monkeypatch) ->
 
     # The CPU branch with chunks of one map, then the accelerator branch (one batch) run on CPU.
     bytes_per_map = 2 * 9 * 22 * 22 * 4
-    monkeypatch.setitem(options.CHUNK_BYTES, "cpu", bytes_per_map)
+    monkeypatch.setitem(numerics.CHUNK_BYTES, "cpu", bytes_per_map)
     chunked = jax.value_and_grad(loss)(pred, target)
-    monkeypatch.setitem(options.CHUNK_BYTES, "cpu", options.CHUNK_BYTES["accelerator"])
+    monkeypatch.setitem(numerics.CHUNK_BYTES, "cpu", numerics.CHUNK_BYTES["accelerator"])
     batched = jax.value_and_grad(loss)(pred, target)
     np.testing.assert_allclose(
         batched[0], chunked[0], rtol=F32_SAME_MATH_RTOL, atol=F32_SAME_MATH_ATOL

@@ -32,7 +32,7 @@ from parity_tests.tolerances import (
     f32_same_math_grad_rtol,
     relative_error,
 )
-from rmi_core.options import minimum_label_input_size
+from rmi_core.geometry import minimum_label_input_shape
 from rmi_jax import rmi_loss as jax_loss
 from rmi_jax import rmi_loss_from_labels as jax_label_loss
 from rmi_torch import rmi_loss as torch_loss
@@ -213,7 +213,7 @@ def label_cases(draw, pool_way: int):
     stride = draw(st.integers(2, 4))  # pool size 1 pools nothing: no pool way to test
     radius = draw(st.integers(1, 3))
     num_classes = draw(st.integers(1, 3))
-    minimum = minimum_label_input_size(radius, pool_way, stride)
+    minimum = minimum_label_input_shape((radius,) * 2, pool_way, (stride,) * 2)[0]
     shape = (
         draw(st.integers(1, 2)),
         draw(st.integers(minimum, minimum + 10)),

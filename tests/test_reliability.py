@@ -28,7 +28,8 @@ from parity_tests.tolerances import (
     F64_SAME_MATH_RTOL,
     relative_error,
 )
-from rmi_core.options import dense_window_grid, minimum_epsilon
+from rmi_core.geometry import dense_window_grid
+from rmi_core.numerics import minimum_epsilon
 
 SHAPE = (2, 3, 25, 22)  # NCHW; odd sizes so that pooling pads
 RNG = np.random.default_rng(11)
@@ -381,8 +382,8 @@ def test_the_smallest_accepted_ridge_never_fails_in_float32(case, stride, size) 
     shape = (2, 3, size, size)
     target = (RNG.random(shape) < 0.5).astype(np.float32)
     pred = HARD_CASES[case](target).astype(np.float32)
-    rows, cols = dense_window_grid(size, size, 3, "max", stride)
-    epsilon = minimum_epsilon(3, rows * cols, float(np.finfo(np.float32).eps)) * (1 + 1e-6)
+    rows, cols = dense_window_grid((size, size), (3, 3), "max", (stride, stride))
+    epsilon = minimum_epsilon(9, rows * cols, float(np.finfo(np.float32).eps)) * (1 + 1e-6)
     options = {"with_logits": False, "bce_weight": 0.0, "stride": stride, "epsilon": epsilon}
 
     value, grad = jax.jit(
