@@ -59,6 +59,14 @@ def window_grid(shape: Sizes, radius: Sizes, step: Sizes) -> Sizes:
     return tuple((n - r) // s + 1 for n, r, s in zip(shape, radius, step, strict=True))
 
 
+def offset_cells(offset: Sizes, step: Sizes, grid: Sizes) -> tuple[slice, ...]:
+    """The cells that the cell at ``offset`` of every window takes, over a ``grid`` of windows
+    ``step`` apart: one strided slice per spatial axis."""
+    return tuple(
+        slice(a, a + s * (g - 1) + 1, s) for a, s, g in zip(offset, step, grid, strict=True)
+    )
+
+
 def dense_window_grid(shape: Sizes, radius: Sizes, method: str, stride: Sizes) -> Sizes:
     """Windows per axis of a dense-target map of spatial ``shape``."""
     maps = downsampled_shape(shape, method, stride)

@@ -15,6 +15,7 @@ from rmi_core.geometry import (
     Sizes,
     corner_aligned_taps,
     nearest_source_indices,
+    offset_cells,
     pooled_size,
     region_size,
     window_grid,
@@ -175,12 +176,7 @@ def region_vectors(x: jnp.ndarray, radius: Sizes, step: Sizes) -> jnp.ndarray:
     rank = len(radius)
     grid = window_grid(x.shape[-rank:], radius, step)
 
-    def cells(offset: tuple[int, ...]) -> tuple[slice, ...]:
-        return tuple(
-            slice(a, a + s * (g - 1) + 1, s) for a, s, g in zip(offset, step, grid, strict=True)
-        )
-
-    shifted = [x[(Ellipsis, *cells(offset))] for offset in np.ndindex(*radius)]
+    shifted = [x[(Ellipsis, *offset_cells(offset, step, grid))] for offset in np.ndindex(*radius)]
     lead = x.shape[:-rank]
     return jnp.stack(shifted, axis=-rank - 1).reshape(*lead, region_size(radius), -1)
 

@@ -12,6 +12,7 @@ from rmi_core.geometry import (
     Sizes,
     corner_aligned_taps,
     nearest_source_indices,
+    offset_cells,
     region_size,
     window_grid,
     window_step,
@@ -76,10 +77,7 @@ def fold_windows(vectors: torch.Tensor, size: Sizes, radius: Sizes, step: Sizes)
     values = vectors.reshape(batch, channels, region_size(radius), *grid)
     maps = vectors.new_zeros((batch, channels, *size))
     for index, offset in enumerate(np.ndindex(*radius)):
-        cells = (
-            slice(a, a + s * (g - 1) + 1, s) for a, s, g in zip(offset, step, grid, strict=True)
-        )
-        maps[(slice(None), slice(None), *cells)] += values[:, :, index]
+        maps[(slice(None), slice(None), *offset_cells(offset, step, grid))] += values[:, :, index]
     return maps
 
 
