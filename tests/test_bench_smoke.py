@@ -164,7 +164,7 @@ def test_baseline_and_rmi_torch_compute_the_same_loss() -> None:
 
 
 def test_targets_are_judged_on_the_run_s_own_figures() -> None:
-    target = targets.Target("test", "cuda", 256, "rmi_jax", "fwdbwd_ms", "<", 1.0)
+    target = targets.Target("test", "cuda", targets.square(256), "rmi_jax", "fwdbwd_ms", "<", 1.0)
     shape = list(target.shape)
     assert targets.judge(target, [{"row": "rmi_jax", "shape": shape, "fwdbwd_ms": 0.9}])["met"]
     late = targets.judge(target, [{"row": "rmi_jax", "shape": shape, "fwdbwd_ms": 1.0}])
