@@ -110,6 +110,13 @@ def cross_entropy_and_dice(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return CE_WEIGHT * cross_entropy(logits, targets) + (1.0 - CE_WEIGHT) * dice
 
 
+#: The softmax bases of :class:`Combined`, by name (the names of their runs).
+SOFTMAX_BASES: dict[str, Objective] = {
+    "ce": cross_entropy,
+    "ce+dice": cross_entropy_and_dice,
+}
+
+
 def rmi_ramp(share: float, start: float, end: float) -> optax.Schedule:
     """An RMI share of 0 until ``start``, then linear up to ``share`` at ``end``, then held.
 
@@ -153,8 +160,7 @@ class Combined:
             bce = rmi_loss(logits, targets, with_logits=True, bce_weight=1.0)
             rmi = rmi_loss(logits, targets, with_logits=True, bce_weight=0.0)
         else:
-            base = cross_entropy_and_dice if self.base == "ce+dice" else cross_entropy
-            bce = base(logits, targets)
+            bce = SOFTMAX_BASES[self.base](logits, targets)
             rmi = rmi_loss(self.probabilities(logits), targets, with_logits=False, bce_weight=0.0)
         return (1.0 - s) * bce, s * rmi
 
@@ -167,7 +173,7 @@ class Combined:
                 logits, targets, with_logits=True, bce_weight=1.0 - self.share_at(progress)
             )
         if not self.scheduled and self.share == 0.0:
-            return cross_entropy(logits, targets)
+            return SOFTMAX_BASES[self.base](logits, targets)
         return sum(self.terms(logits, targets, progress))
 
 
@@ -208,8 +214,8 @@ COMPARISONS = (
     ("recipe", RECIPE_BASELINE),
     ("bce+rmi", "bce"),
     ("ce+rmi", "ce"),
-    *((c, RECIPE_BASELINE) for c in CANDIDATES if c != "ce+dice>rmi"),
-    ("ce+dice>rmi", "ce+dice"),
+    # Each candidate against the loss it adds RMI to: its base, else the recipe's baseline.
+    *((name, getattr(loss, "base", RECIPE_BASELINE)) for name, loss in CANDIDATES.items()),
     ("ce", "bce"),
 )
 

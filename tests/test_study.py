@@ -191,19 +191,24 @@ def test_the_recipe_block_takes_only_runs_comparable_with_the_full_study(tmp_pat
     assert docs.read_text() == "untouched\n"
 
 
+# float32 losses of the same terms summed in another order.
+COMBINED_RTOL = 1e-6
+
+
 def test_a_combined_loss_on_ce_and_dice_is_that_base_until_rmi_comes_in() -> None:
     import jax
     import jax.numpy as jnp
 
-    from examples.study import CANDIDATES, COMPARISONS, cross_entropy_and_dice
+    from examples.study import CANDIDATES, COMPARISONS, Combined, cross_entropy_and_dice
 
     candidate = CANDIDATES["ce+dice>rmi"]
     logits = jax.random.normal(jax.random.key(0), (2, 16, 16, 4))
     targets = jax.nn.one_hot(jax.random.randint(jax.random.key(1), (2, 16, 16), 0, 4), 4)
     base = cross_entropy_and_dice(logits, targets)
     # Before the ramp the share is 0: the base alone. Later, (1 - s) base + s RMI.
-    np.testing.assert_allclose(candidate(logits, targets, 0.1), base, rtol=1e-6)
+    np.testing.assert_allclose(candidate(logits, targets, 0.1), base, rtol=COMBINED_RTOL)
+    np.testing.assert_allclose(Combined("ce+dice", 0.0)(logits, targets), base, rtol=COMBINED_RTOL)
     weighted_base, weighted_rmi = candidate.terms(logits, targets, 0.9)
-    np.testing.assert_allclose(weighted_base, 0.8 * base, rtol=1e-6)
+    np.testing.assert_allclose(weighted_base, 0.8 * base, rtol=COMBINED_RTOL)
     assert float(weighted_rmi) != 0.0 and jnp.isfinite(weighted_rmi)
     assert ("ce+dice>rmi", "ce+dice") in COMPARISONS
