@@ -212,3 +212,19 @@ def test_a_combined_loss_on_ce_and_dice_is_that_base_until_rmi_comes_in() -> Non
     np.testing.assert_allclose(weighted_base, 0.8 * base, rtol=COMBINED_RTOL)
     assert float(weighted_rmi) != 0.0 and jnp.isfinite(weighted_rmi)
     assert ("ce+dice>rmi", "ce+dice") in COMPARISONS
+
+
+def test_the_recipe_s_rmi_term_is_computed_on_full_resolution_maps() -> None:
+    import jax
+
+    from examples.study import CANDIDATES, RECIPE, cross_entropy
+    from rmi_jax import rmi_loss
+
+    logits = jax.random.normal(jax.random.key(2), (2, 16, 16, 4))
+    targets = jax.nn.one_hot(jax.random.randint(jax.random.key(3), (2, 16, 16), 0, 4), 4)
+    probabilities = jax.nn.softmax(logits, axis=-1)
+    for loss, stride in ((RECIPE, 1), (CANDIDATES["ce>rmi@stride3"], 3)):
+        rmi = rmi_loss(probabilities, targets, with_logits=False, bce_weight=0.0, stride=stride)
+        # Past the ramp the share is 0.2: 0.8 CE + 0.2 RMI at the loss's own stride.
+        expected = 0.8 * cross_entropy(logits, targets) + 0.2 * rmi
+        np.testing.assert_allclose(loss(logits, targets, 0.9), expected, rtol=COMBINED_RTOL)
