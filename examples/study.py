@@ -186,10 +186,11 @@ class Combined:
         return sum(self.terms(logits, targets, progress))
 
 
-#: The recipe: cross-entropy alone for the first 30 % of the run, then the RMI term, on the
-#: full-resolution maps (``stride=1``), ramped in linearly to a share of 0.2 at 50 % and held
-#: there (see docs/study.md for why).
-RECIPE = Combined("ce", rmi_ramp(0.2, 0.3, 0.5), stride=1)
+#: The recipe's RMI share: 0 for the first 30 % of the run, then linear up to 0.2 at 50 %, held.
+RECIPE_SHARE = rmi_ramp(0.2, 0.3, 0.5)
+#: The recipe: cross-entropy alone, then the RMI term on the full-resolution maps
+#: (``stride=1``) with the share :data:`RECIPE_SHARE` (see docs/study.md for why).
+RECIPE = Combined("ce", RECIPE_SHARE, stride=1)
 #: The loss the recipe adds RMI to: its paired baseline.
 RECIPE_BASELINE = "ce"
 
@@ -211,12 +212,12 @@ CANDIDATES: dict[str, Callable[..., jax.Array]] = {
     # point where held-out IoU flattens), then RMI at the recipe's share for the rest.
     "finetune": Combined("ce", rmi_ramp(0.2, 0.7, 0.75)),
     # The recipe's schedule on CE + Dice, which trained where CE stalled (textures, seed 5).
-    "ce+dice>rmi": Combined("ce+dice", rmi_ramp(0.2, 0.3, 0.5)),
+    "ce+dice>rmi": Combined("ce+dice", RECIPE_SHARE),
     # The recipe's schedule with RMI on 2x- and 3x-pooled maps (3 is the package default, and
     # the recipe's first version); the recipe compares the maps at full resolution.
-    "ce>rmi@stride2": Combined("ce", rmi_ramp(0.2, 0.3, 0.5), stride=2),
-    "ce>rmi@stride3": Combined("ce", rmi_ramp(0.2, 0.3, 0.5)),
-    "ce+dice>rmi@stride1": Combined("ce+dice", rmi_ramp(0.2, 0.3, 0.5), stride=1),
+    "ce>rmi@stride2": Combined("ce", RECIPE_SHARE, stride=2),
+    "ce>rmi@stride3": Combined("ce", RECIPE_SHARE),
+    "ce+dice>rmi@stride1": Combined("ce+dice", RECIPE_SHARE, stride=1),
 }
 ALL_LOSSES = LOSSES | CANDIDATES
 #: The PyTorch twin's losses (``rmi_torch.RMILoss`` with these ``bce_weight``) and dataset.

@@ -37,7 +37,7 @@ from flax import nnx  # noqa: E402
 
 from examples.common import BOUNDARY_TOLERANCE, batch_order, schedule_settings, train_loop  # noqa: E402
 from examples.metrics import evaluate, format_table, write_json  # noqa: E402
-from examples.study import rmi_ramp  # noqa: E402
+from examples.study import RECIPE_SHARE  # noqa: E402
 from examples.synthetic_volumes import CLASS_NAMES, VOXEL_SPACING, make_volumes  # noqa: E402
 from examples.train_flax import make_train_step, predict  # noqa: E402
 from rmi_jax import rmi_loss  # noqa: E402
@@ -54,7 +54,7 @@ DEFAULT_BATCH_SIZE = 4
 #: region (a ``1 x 3 x 3`` box of ``3 x 3``-pooled cells, ``d = 9``).
 RMI_OPTIONS = {"radius": (1, 3, 3), "stride": (1, 3, 3)}
 #: The recipe's RMI share as a function of the run's progress (step / total steps).
-RMI_SHARE = rmi_ramp(0.2, 0.3, 0.5)
+RMI_SHARE = RECIPE_SHARE
 
 
 class ConvBlock(nnx.Module):
