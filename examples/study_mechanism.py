@@ -10,6 +10,13 @@ the same seed) is drawn beside it::
         --against BASE.json shapes recipe 1 --out docs/study_mechanism.png
 
 Prints a markdown table of the run's last checkpoint and writes the figure.
+
+``--dead-units DATASET LOSS SEED STEPS`` instead retrains the first ``STEPS`` steps of one run
+(the study's settings) and tables, every few steps, the share of each convolution block's
+channels that are dead (their ReLU output is 0 at every pixel of 32 training images, so they
+pass no gradient back) and how much the logits vary over the pixels::
+
+    python examples/study_mechanism.py --dead-units textures ce 5 150
 """
 
 from __future__ import annotations
@@ -21,9 +28,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 
-from examples.study import DATASETS, FIGURE_DPI  # noqa: E402
+from examples.common import batch_order  # noqa: E402
+from examples.study import DATASETS, FIGURE_DPI, FULL, NUM_TRAIN, jitted_step  # noqa: E402
+from examples.train_flax import UNet, init_state  # noqa: E402
+
+#: How many training images the dead-unit count looks at.
+DEAD_UNIT_IMAGES = 32
 
 
 def find_run(path: Path, dataset: str, loss: str, seed: int) -> dict:
@@ -64,6 +79,44 @@ def rmi_gradient_share(run: dict) -> list[float]:
     return [round(float(v), 3) for v in rmi / (base + rmi)]
 
 
+def dead_channel_shares(model: UNet, images: jax.Array) -> dict[str, float]:
+    """Per convolution block, the share of its output channels that are 0 at every pixel of
+    ``images``: dead ReLUs, which pass no gradient back (no normalisation layer revives them)."""
+    return {
+        name: float(jnp.mean(jnp.max(h, axis=(0, 1, 2)) <= 0))
+        for name, h in model.features(images).items()
+    }
+
+
+def dead_units_table(dataset: str, loss: str, seed: int, steps: int, rows: int = 12) -> str:
+    """The first ``steps`` steps of one study run, as markdown: at ``rows`` evenly spaced
+    steps, the training loss, each block's dead-channel share and the logits' spread."""
+    data = DATASETS[dataset].load(seed)
+    graphdef, state = init_state(seed, FULL.steps, len(DATASETS[dataset].class_names))
+    step = jitted_step(graphdef, loss, FULL.steps)
+    order = batch_order(NUM_TRAIN, FULL.steps, FULL.batch_size, seed)
+    x_all, y_all = jnp.asarray(data.train_x), jnp.asarray(data.train_t)
+    probe = x_all[:DEAD_UNIT_IMAGES]
+    shown = set(np.linspace(0, steps, rows, dtype=int).tolist())
+    lines = [
+        "| step | training loss | dead channels: "
+        + ", ".join(UNet.BLOCKS)
+        + " | std of the logits over the pixels |",
+        "|---|---|---|---|",
+    ]
+    loss_value = None  # the loss of the update that led to the state tabled
+    for i in range(steps + 1):
+        if i in shown:
+            model, _ = nnx.merge(graphdef, state)
+            shares = ", ".join(f"{v:.2f}" for v in dead_channel_shares(model, probe).values())
+            spread = float(jnp.mean(jnp.std(model(probe), axis=(1, 2))))
+            loss_text = "" if loss_value is None else f"{float(loss_value):.3f}"
+            lines.append(f"| {i} | {loss_text} | {shares} | {spread:.3f} |")
+        if i < steps:
+            state, loss_value = step(state, x_all[order[i]], y_all[order[i]])
+    return "\n".join(lines)
+
+
 def plot(path: Path, runs: list[dict]) -> None:
     import matplotlib
 
@@ -102,7 +155,7 @@ def plot(path: Path, runs: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("json", type=Path)
+    parser.add_argument("json", type=Path, nargs="?")
     parser.add_argument("--run", nargs=3, metavar=("DATASET", "LOSS", "SEED"))
     parser.add_argument(
         "--shares",
@@ -110,8 +163,20 @@ def main(argv: list[str] | None = None) -> None:
         help="only print every Flax run's RMI share of the gradient norm per checkpoint",
     )
     parser.add_argument("--against", nargs=4, metavar=("JSON", "DATASET", "LOSS", "SEED"))
+    parser.add_argument(
+        "--dead-units",
+        nargs=4,
+        metavar=("DATASET", "LOSS", "SEED", "STEPS"),
+        help="only retrain the first STEPS steps of one run and table its dead ReLU channels",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/study/study_mechanism.png"))
     args = parser.parse_args(argv)
+    if args.dead_units:
+        dataset, loss, seed, steps = args.dead_units
+        print(dead_units_table(dataset, loss, int(seed), int(steps)))
+        return
+    if args.json is None:
+        parser.error("a study JSON is required without --dead-units")
     if args.shares:
         print("| dataset | loss | seed | RMI share of the gradient norm at the checkpoints |")
         print("|---|---|---|---|")

@@ -54,6 +54,9 @@ class ConvBlock(nnx.Module):
 class UNet(nnx.Module):
     """Two levels down, two up, skip connections by concatenation; NHWC in, logits out."""
 
+    #: The convolution blocks, input to output (the keys of :meth:`features`).
+    BLOCKS = ("enc1", "enc2", "mid", "dec2", "dec1")
+
     def __init__(self, num_classes: int, width: int, *, rngs: nnx.Rngs) -> None:
         w = width
         self.enc1 = ConvBlock(3, w, rngs=rngs)
@@ -67,16 +70,21 @@ class UNet(nnx.Module):
         self.dec1 = ConvBlock(2 * w, w, rngs=rngs)
         self.head = nnx.Conv(w, num_classes, kernel_size=(1, 1), rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def features(self, x: jax.Array) -> dict[str, jax.Array]:
+        """Each convolution block's output (after its ReLU), by the block's name."""
+
         def pool(h: jax.Array) -> jax.Array:
             return nnx.max_pool(h, window_shape=(2, 2), strides=(2, 2))
 
-        s1 = self.enc1(x)
-        s2 = self.enc2(pool(s1))
-        h = self.mid(pool(s2))
-        h = self.dec2(jnp.concatenate([self.up2(h), s2], axis=-1))
-        h = self.dec1(jnp.concatenate([self.up1(h), s1], axis=-1))
-        return self.head(h)
+        out = {"enc1": self.enc1(x)}
+        out["enc2"] = self.enc2(pool(out["enc1"]))
+        out["mid"] = self.mid(pool(out["enc2"]))
+        out["dec2"] = self.dec2(jnp.concatenate([self.up2(out["mid"]), out["enc2"]], axis=-1))
+        out["dec1"] = self.dec1(jnp.concatenate([self.up1(out["dec2"]), out["enc1"]], axis=-1))
+        return out
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.head(self.features(x)["dec1"])
 
 
 def loss_fn(model: UNet, x: jax.Array, y: jax.Array, bce_weight: float) -> jax.Array:

@@ -191,6 +191,37 @@ def test_the_recipe_block_takes_only_runs_comparable_with_the_full_study(tmp_pat
     assert docs.read_text() == "untouched\n"
 
 
+def test_runs_from_another_instruction_set_or_release_are_not_merged(tmp_path: Path) -> None:
+    import dataclasses
+
+    from examples.study import FULL, environment, merge_reports
+
+    def report(seed: int, **machine: object) -> Path:
+        path = tmp_path / f"{seed}-{len(machine)}.json"
+        run = {"framework": "flax", "dataset": "shapes", "loss": "ce", "seed": seed}
+        settings = dataclasses.asdict(FULL) | {"seeds": [seed]}
+        path.write_text(
+            json.dumps(
+                {
+                    "command": "study",
+                    "settings": settings,
+                    "environment": environment() | machine,
+                    "wall_time_s": 1.0,
+                    "runs": [run],
+                }
+            )
+        )
+        return path
+
+    merged = merge_reports([report(0), report(1)])
+    assert merged["settings"]["seeds"] == [0, 1]
+    assert merged["environment"]["cpu_flags"] == environment()["cpu_flags"]
+    with pytest.raises(ValueError, match="cpu_flags"):
+        merge_reports([report(0), report(1, cpu_flags=["sse4_2"])])
+    with pytest.raises(ValueError, match="versions"):
+        merge_reports([report(0), report(1, versions={"jax": "0.0.1"})])
+
+
 # float32 losses of the same terms summed in another order.
 COMBINED_RTOL = 1e-6
 
@@ -228,3 +259,20 @@ def test_the_recipe_s_rmi_term_is_computed_on_full_resolution_maps() -> None:
         # Past the ramp the share is 0.2: 0.8 CE + 0.2 RMI at the loss's own stride.
         expected = 0.8 * cross_entropy(logits, targets) + 0.2 * rmi
         np.testing.assert_allclose(loss(logits, targets, 0.9), expected, rtol=COMBINED_RTOL)
+
+
+def test_a_block_whose_relus_never_fire_counts_as_dead_and_the_others_do_not() -> None:
+    import jax
+    from flax import nnx
+
+    from examples.study_mechanism import dead_channel_shares
+    from examples.train_flax import UNet
+
+    model = UNet(3, 8, rngs=nnx.Rngs(0))
+    images = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
+    assert tuple(model.features(images)) == UNet.BLOCKS
+    # A bias far below any pre-activation switches every channel of dec2's last ReLU off.
+    model.dec2.conv2.bias[...] = model.dec2.conv2.bias[...] - 1e6
+    shares = dead_channel_shares(model, images)
+    assert shares["dec2"] == 1.0
+    assert shares["enc1"] < 0.5, shares
