@@ -970,13 +970,13 @@ def merge_reports(paths: Sequence[Path]) -> dict[str, object]:
             same run.
     """
     reports = [json.loads(Path(p).read_text()) for p in paths]
-    first = reports[0]["settings"]
+    first, first_machine = reports[0]["settings"], reports[0]["environment"]
     for path, report in zip(paths, reports, strict=True):
         if any(report["settings"][k] != first[k] for k in COMPARABLE_SETTINGS):
             raise ValueError(
                 f"{path}: settings differ from {paths[0]} in one of {COMPARABLE_SETTINGS}"
             )
-        machine, first_machine = report["environment"], reports[0]["environment"]
+        machine = report["environment"]
         for key in COMPARABLE_MACHINE:
             if machine.get(key) != first_machine.get(key):
                 raise ValueError(
